@@ -1,0 +1,103 @@
+"""Length buckets: a few fixed sequence lengths so each jitted step compiles once per bucket.
+
+Every batch has the global batch size and one bucket length. Short final batches are filled with
+filler rows (index -1) that carry zero weight, so no example is dropped and none counts twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from flaxft.errors import FlaxftError
+
+FILLER = -1
+
+
+def round_up(x, multiple: int):
+    return -(-np.asarray(x) // multiple) * multiple
+
+
+def choose_boundaries(lengths: np.ndarray, num_buckets: int, batch_size: int, multiple: int, top: int) -> list[int]:
+    """Bucket lengths minimizing the padded tokens of one epoch (filler rows included).
+
+    Candidates are the observed lengths rounded up to `multiple`; the last bucket is `top` so every
+    split's longest example fits. Exact dynamic programme over candidates (at most 512/multiple).
+    """
+    cands, counts = np.unique(np.minimum(round_up(lengths, multiple), top), return_counts=True)
+    if cands[-1] != top:
+        cands, counts = np.append(cands, top), np.append(counts, 0)
+    n = len(cands)
+    prefix = np.concatenate([[0], np.cumsum(counts)])
+
+    def cost(i, j):  # one bucket of length cands[j] holding candidates i..j
+        rows = -(-(prefix[j + 1] - prefix[i]) // batch_size) * batch_size
+        return int(rows) * int(cands[j])
+
+    k = min(num_buckets, n)
+    inf = float("inf")
+    best = np.full((k + 1, n), inf)
+    back = np.zeros((k + 1, n), dtype=int)
+    for j in range(n):
+        best[1, j] = cost(0, j)
+    for b in range(2, k + 1):
+        for j in range(n):
+            for i in range(j):  # previous bucket ends at candidate i
+                c = best[b - 1, i] + cost(i + 1, j)
+                if c < best[b, j]:
+                    best[b, j], back[b, j] = c, i
+    b = int(np.argmin(best[1:, n - 1])) + 1  # fewer buckets when more don't help
+    bounds, j = [], n - 1
+    while b >= 1:
+        bounds.append(int(cands[j]))
+        j, b = back[b, j], b - 1
+    return sorted(bounds)
+
+
+def assign(lengths: np.ndarray, boundaries: list[int]) -> np.ndarray:
+    """Bucket index of each example: the smallest boundary that fits it."""
+    idx = np.searchsorted(np.asarray(boundaries), lengths, side="left")
+    if (idx >= len(boundaries)).any():
+        longest = int(lengths.max())
+        raise FlaxftError(f"an example has {longest} tokens but the largest bucket is {boundaries[-1]}; "
+                          f"add a bucket >= {longest} to data.bucket_boundaries")
+    return idx
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """One global batch: its bucket length and the example index of each row (FILLER = padding row)."""
+    length: int
+    indices: np.ndarray
+
+
+def plan_batches(lengths: np.ndarray, boundaries: list[int], batch_size: int, *,
+                 shuffle: bool, seed: int = 0, epoch: int = 0) -> list[Batch]:
+    """Group examples into same-length batches.
+
+    shuffle=True (training): members of each bucket and the order of batches are permuted with a
+    generator seeded by (seed, epoch), so an epoch is reproducible and resumable from its position.
+    shuffle=False (evaluation): input order within each bucket, buckets in increasing length.
+    """
+    bucket_of = assign(lengths, boundaries)
+    rng = np.random.default_rng([seed, epoch])
+    batches = []
+    for b, length in enumerate(boundaries):
+        members = np.flatnonzero(bucket_of == b)
+        if shuffle:
+            members = rng.permutation(members)
+        for start in range(0, len(members), batch_size):
+            rows = members[start:start + batch_size]
+            rows = np.concatenate([rows, np.full(batch_size - len(rows), FILLER, dtype=rows.dtype)])
+            batches.append(Batch(int(length), rows))
+    if shuffle:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def padding_efficiency(lengths: np.ndarray, batches: list[Batch]) -> float:
+    """Real tokens / token slots over a list of batches (filler rows count as padding)."""
+    slots = sum(b.length * len(b.indices) for b in batches)
+    real = sum(int(lengths[b.indices[b.indices != FILLER]].sum()) for b in batches)
+    return real / max(slots, 1)

@@ -1,0 +1,100 @@
+"""Device mesh, partition rules and batch placement.
+
+The mesh has three named axes (data, fsdp, tensor). The batch is split over data x fsdp; parameters
+and optimizer state follow PARAM_RULES, matched by regular expression against the parameter's path
+("bert/encoder/layer_0/attention/self/query/kernel", or ".../mu/..." inside the optimizer state).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from flaxft.config import MeshConfig
+from flaxft.errors import FlaxftError
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# First match wins. Dense kernels are [in, out]: splitting `out` of query/key/value splits heads.
+PARAM_RULES: list[tuple[str, P]] = [
+    (r"word_embeddings/embedding$", P("tensor", "fsdp")),
+    (r"attention/self/(query|key|value)/kernel$", P("fsdp", "tensor")),
+    (r"attention/self/(query|key|value)/bias$", P("tensor")),
+    (r"attention/output/dense/kernel$", P("tensor", "fsdp")),
+    (r"intermediate/dense/kernel$", P("fsdp", "tensor")),
+    (r"intermediate/dense/bias$", P("tensor")),
+    (r"layer_\d+/output/dense/kernel$", P("tensor", "fsdp")),
+    (r".*", P()),
+]
+
+
+def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
+    """Build the (data, fsdp, tensor) mesh; one axis may be -1 to take the remaining devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = [cfg.data, cfg.fsdp, cfg.tensor]
+    if sizes.count(-1) > 1:
+        raise FlaxftError(f"mesh sizes {dict(zip(AXES, sizes))}: at most one axis may be -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if len(devices) % known:
+            raise FlaxftError(
+                f"mesh {dict(zip(AXES, sizes))} does not fit {len(devices)} devices; "
+                f"choose sizes whose product divides {len(devices)}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise FlaxftError(
+            f"mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices but {len(devices)} are present; "
+            "set mesh.data=-1 to use all of them")
+    # Auto axes: jit's in/out shardings drive GSPMD; shapes inside the step stay unsharded types.
+    return jax.make_mesh(tuple(sizes), AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Rows of every batch array are split over data x fsdp; the sequence axis is not split."""
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, key: str = "train.batch_size") -> None:
+    n = data_parallel_size(mesh)
+    if batch_size % n:
+        raise FlaxftError(
+            f"{key}={batch_size} cannot be split over the {n} data-parallel devices "
+            f"(mesh data x fsdp = {n}); use a multiple of {n}, e.g. {key}={max(n, batch_size // n * n)}")
+
+
+def _path_str(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
+    """The rule's spec for this leaf, dropping axes that don't divide the dimension evenly."""
+    for pattern, spec in PARAM_RULES:
+        if re.search(pattern, path):
+            break
+    if len(spec) > len(shape):
+        return P()
+    dims = []
+    for dim, axis in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        size = 1 if axis is None else math.prod(mesh.shape[a] for a in np.atleast_1d(axis))
+        dims.append(axis if size > 1 and dim % size == 0 else None)
+    return P(*dims)
+
+
+def tree_shardings(mesh: Mesh, tree):
+    """NamedShardings for every leaf of a (possibly abstract) pytree, following PARAM_RULES."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: NamedSharding(mesh, spec_for(_path_str(path), np.shape(leaf), mesh)), tree)
+
+
+def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    """Place this process's rows of a global batch on its devices (works single- and multi-host)."""
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

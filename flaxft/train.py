@@ -1,0 +1,35 @@
+"""`python -m flaxft.train --config configs/glue/mrpc.yaml key=value ...`"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from flaxft.cli import run_main
+from flaxft.config import help_text, load_config
+
+USAGE = "python -m flaxft.train --config FILE [key=value ...] [--debug]"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m flaxft.train", usage=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Fine-tune a BERT classifier/regressor.", epilog="config keys (override with key=value):\n" + help_text())
+    parser.add_argument("--config", help="YAML config file (e.g. configs/glue/mrpc.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.learning_rate=5e-5")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+
+    from flaxft.trainer import Trainer  # heavy imports after the config is known to be valid
+
+    Trainer(cfg).train()
+    return 0
+
+
+def cli() -> None:
+    """Entry point of `python -m flaxft.train` and the `flaxft-train` script."""
+    sys.exit(run_main(main))
+
+
+if __name__ == "__main__":
+    cli()

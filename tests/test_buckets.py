@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+
+from flaxft.data import buckets
+from flaxft.errors import FlaxftError
+
+
+def _lengths(n=1000, seed=0):
+    return np.random.default_rng(seed).integers(5, 120, size=n)
+
+
+def test_boundaries_are_few_and_cover_everything():
+    lengths = _lengths()
+    b = buckets.choose_boundaries(lengths, num_buckets=4, batch_size=32, multiple=8, top=128)
+    assert len(b) <= 4 and b[-1] == 128 and b == sorted(b) and all(x % 8 == 0 for x in b)
+
+
+def test_dp_is_optimal_against_brute_force():
+    import itertools
+    lengths = _lengths(300, seed=3)
+    batch = 16
+    cands = sorted(set(buckets.round_up(lengths, 8).tolist()))
+    def cost(bounds):
+        return sum(len(p.indices) * p.length for p in buckets.plan_batches(lengths, list(bounds), batch, shuffle=False))
+    best = min(cost(list(c) + [cands[-1]]) for k in range(0, 3) for c in itertools.combinations(cands[:-1], k))
+    got = buckets.choose_boundaries(lengths, 3, batch, 8, cands[-1])
+    assert cost(got) == best
+
+
+def test_more_buckets_never_pad_more():
+    lengths = _lengths()
+    effs = []
+    for k in (1, 2, 4, 8):
+        b = buckets.choose_boundaries(lengths, k, 32, 8, 128)
+        effs.append(buckets.padding_efficiency(lengths, buckets.plan_batches(lengths, b, 32, shuffle=False)))
+    assert effs == sorted(effs)
+
+
+def test_no_example_dropped_or_repeated_and_fillers_fill():
+    lengths = _lengths(1001)
+    bounds = buckets.choose_boundaries(lengths, 4, 32, 8, 128)
+    plan = buckets.plan_batches(lengths, bounds, 32, shuffle=True, seed=1, epoch=0)
+    assert all(len(p.indices) == 32 for p in plan)
+    idx = np.concatenate([p.indices for p in plan])
+    real = idx[idx != buckets.FILLER]
+    assert sorted(real.tolist()) == list(range(1001))
+    for p in plan:  # every example fits its bucket
+        r = p.indices[p.indices >= 0]
+        assert (lengths[r] <= p.length).all()
+    assert (idx == buckets.FILLER).sum() < 32 * len(bounds)  # at most one partial batch per bucket
+
+
+def test_shuffle_is_deterministic_per_seed_and_epoch():
+    lengths = _lengths()
+    bounds = [32, 64, 128]
+    def order(seed, epoch):
+        return np.concatenate([p.indices for p in buckets.plan_batches(lengths, bounds, 32, shuffle=True, seed=seed, epoch=epoch)])
+    assert (order(0, 0) == order(0, 0)).all()
+    assert not (order(0, 0) == order(0, 1)).all()
+    assert not (order(0, 0) == order(1, 0)).all()
+    assert len(buckets.plan_batches(lengths, bounds, 32, shuffle=True, epoch=0)) == \
+        len(buckets.plan_batches(lengths, bounds, 32, shuffle=True, epoch=5))
+
+
+def test_eval_plan_keeps_order_within_buckets():
+    lengths = np.array([10, 100, 12, 50, 9])
+    plan = buckets.plan_batches(lengths, [16, 128], 2, shuffle=False)
+    assert [p.length for p in plan] == [16, 16, 128]
+    assert plan[0].indices.tolist() == [0, 2] and plan[1].indices.tolist() == [4, -1]
+    assert plan[2].indices.tolist() == [1, 3]
+
+
+def test_too_long_example_is_a_clear_error():
+    with pytest.raises(FlaxftError, match="data.bucket_boundaries"):
+        buckets.plan_batches(np.array([10, 200]), [64, 128], 2, shuffle=False)

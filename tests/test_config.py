@@ -1,0 +1,90 @@
+import pathlib
+
+import pytest
+import yaml
+
+from flaxft.config import Config, help_text, load_config
+from flaxft.errors import FlaxftError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+GLUE_TASKS = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]
+
+
+@pytest.mark.parametrize("task", GLUE_TASKS)
+def test_every_glue_config_loads(task):
+    cfg = load_config(ROOT / "configs" / "glue" / f"{task}.yaml")
+    assert cfg.data.task == task
+    assert cfg.train.batch_size == 32 and cfg.data.max_seq_length == 128  # from the shared base
+    assert cfg.output_dir == f"outputs/{task}"
+
+
+def test_custom_config_loads():
+    cfg = load_config(ROOT / "configs" / "custom.yaml", ["data.train_file=t.csv"])
+    assert cfg.data.task is None and cfg.data.text_columns == ["text"]
+
+
+def test_overrides_are_typed():
+    cfg = load_config(ROOT / "configs/glue/mrpc.yaml", [
+        "train.learning_rate=5e-5", "train.epochs=3", "train.batch_size=16", "data.text_columns=[sentence1,sentence2]",
+        "model.name_or_path=/tmp/model", "train.max_steps=7", "data.bucket_boundaries=[32,64,128]", "output_dir=/tmp/o"])
+    assert cfg.train.learning_rate == 5e-5 and isinstance(cfg.train.learning_rate, float)
+    assert cfg.train.epochs == 3.0 and cfg.train.batch_size == 16 and cfg.train.max_steps == 7
+    assert cfg.data.text_columns == ["sentence1", "sentence2"]
+    assert cfg.data.bucket_boundaries == [32, 64, 128]
+    assert cfg.model.name_or_path == "/tmp/model" and cfg.output_dir == "/tmp/o"
+
+
+def test_null_override_and_roundtrip(tmp_path):
+    cfg = load_config(ROOT / "configs/glue/mrpc.yaml", ["train.max_steps=null"])
+    assert cfg.train.max_steps is None
+    (tmp_path / "c.yaml").write_text(cfg.to_yaml())
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.learnig_rate=1e-5", ["unknown config key 'train.learnig_rate'", "train.learning_rate"]),
+    ("data.max_seq_len=64", ["unknown", "data.max_seq_length"]),
+    ("train.batch_size=abc", ["train.batch_size", "must be int"]),
+    ("train.batch_size=3.5", ["must be int"]),
+    ("train.learning_rate=fast", ["train.learning_rate", "must be float"]),
+    ("model.random_init=maybe", ["must be bool"]),
+    ("train.batch_size", ["KEY=VALUE"]),
+    ("data.max_seq_length=1024", ["between 8 and 512"]),
+    ("train.dtype=float16", ["float32 or bfloat16"]),
+    ("data.bucket_boundaries=[64,32]", ["increasing"]),
+    ("train=3", ["section"]),
+])
+def test_bad_overrides(override, words):
+    with pytest.raises(FlaxftError) as e:
+        load_config(ROOT / "configs/glue/mrpc.yaml", [override])
+    for w in words:
+        assert w in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_key_in_file(tmp_path):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"train": {"epocs": 2}}))
+    with pytest.raises(FlaxftError, match="did you mean 'train.epochs'"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_missing_config_file():
+    with pytest.raises(FlaxftError, match="not found"):
+        load_config("nope.yaml")
+
+
+def test_base_chain(tmp_path):
+    (tmp_path / "a.yaml").write_text("train:\n  seed: 7\n  epochs: 2\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\ntrain:\n  epochs: 4\n")
+    cfg = load_config(tmp_path / "b.yaml")
+    assert cfg.train.seed == 7 and cfg.train.epochs == 4.0
+
+
+def test_help_lists_every_key():
+    text = help_text()
+    for key in ["output_dir", "model.name_or_path", "data.task", "data.path", "data.max_seq_length",
+                "data.num_buckets", "data.train_file", "data.validation_file", "data.test_file",
+                "data.text_columns", "data.label_column", "train.epochs", "train.max_steps",
+                "train.batch_size", "train.learning_rate", "train.seed"]:
+        assert f"  {key} " in text
+    assert Config().train.seed == 42

@@ -1,0 +1,329 @@
+"""flaxft's Flax BERT against transformers' PyTorch BertForSequenceClassification, plus conversion."""
+
+import json
+import logging
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import safetensors.numpy
+import torch
+import transformers
+
+from flaxft.errors import FlaxftError
+from flaxft.model import (
+    BertConfig,
+    BertForSequenceClassification,
+    init_params,
+    load_pretrained,
+    params_to_state_dict,
+    read_hf_state_dict,
+    state_dict_to_params,
+)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+    type_vocab_size=2,
+)
+ATOL = 1e-4
+
+
+def tiny_torch_model(num_labels=3, seed=0, **overrides):
+    """A tiny random HF model whose weights are all perturbed, so swapped/transposed names show up."""
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(**{**TINY, **overrides}, num_labels=num_labels)
+    model = transformers.BertForSequenceClassification(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0.0, 0.2)
+            if name.endswith("LayerNorm.weight"):
+                p.add_(1.0)
+    return model
+
+
+def tiny_batch(seed=0):
+    """Three sentence pairs of different lengths, right-padded to 10 (pad id 0)."""
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((3, 10), np.int32)
+    mask = np.zeros_like(ids)
+    types = np.zeros_like(ids)
+    for row, (first, second) in enumerate([(5, 5), (4, 3), (2, 2)]):
+        n = first + second
+        ids[row, :n] = rng.integers(1, TINY["vocab_size"], n)
+        mask[row, :n] = 1
+        types[row, first:n] = 1
+    return ids, mask, types
+
+
+def torch_logits(model, ids, mask, types):
+    with torch.no_grad():
+        out = model(
+            input_ids=torch.as_tensor(ids, dtype=torch.long),
+            attention_mask=torch.as_tensor(mask, dtype=torch.long),
+            token_type_ids=torch.as_tensor(types, dtype=torch.long),
+        )
+    return out.logits.numpy()
+
+
+def flax_logits(config, params, num_labels, ids, mask, types, **kw):
+    model = BertForSequenceClassification(config, num_labels, **{k: kw.pop(k) for k in ("dtype", "remat") if k in kw})
+    return np.asarray(jax.jit(model.apply)({"params": params}, ids, mask, types, **kw))
+
+
+def numpy_state_dict(model):
+    return {k: v.numpy() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_torch_model()
+
+
+# ------------------------------------------------------------------------------ parity
+
+
+def test_tiny_parity_safetensors(tiny, tmp_path, caplog):
+    tiny.save_pretrained(tmp_path)  # transformers 5 always writes model.safetensors
+    assert (tmp_path / "model.safetensors").is_file()
+    with caplog.at_level(logging.WARNING, logger="flaxft"):
+        config, params = load_pretrained(tmp_path, 3, rng=jax.random.key(0))
+    assert "newly initialized" not in caplog.text
+    batch = tiny_batch()
+    got = flax_logits(config, params, 3, *batch)
+    want = torch_logits(tiny, *batch)
+    assert got.dtype == np.float32 and got.shape == (3, 3)
+    np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
+
+
+def test_tiny_parity_torch_bin_loaded_without_torch(tiny, tmp_path):
+    # What save_pretrained(safe_serialization=False) wrote before transformers 5 dropped it.
+    tiny.config.save_pretrained(tmp_path)
+    torch.save(tiny.state_dict(), tmp_path / "pytorch_model.bin")
+    batch = tiny_batch()
+    np.savez(tmp_path / "batch.npz", *batch)
+    script = textwrap.dedent(
+        f"""
+        import sys, jax, numpy as np
+        from flaxft.model import BertForSequenceClassification, load_pretrained
+        config, params = load_pretrained({str(tmp_path)!r}, 3, rng=jax.random.key(0))
+        b = np.load({str(tmp_path / "batch.npz")!r})
+        logits = BertForSequenceClassification(config, 3).apply({{"params": params}}, b["arr_0"], b["arr_1"], b["arr_2"])
+        np.save({str(tmp_path / "logits.npy")!r}, np.asarray(logits))
+        assert "torch" not in sys.modules, "flaxft imported torch"
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT)
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), torch_logits(tiny, *batch), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int64])
+def test_torch_bin_reader_dtypes_and_views(tmp_path, monkeypatch, dtype):
+    base = (torch.randn(4, 6) * 10).to(dtype)
+    state = {"plain": base, "transposed": base.t(), "row": base[2], "strided": base[1:, ::2], "shared": base}
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    monkeypatch.setitem(sys.modules, "torch", None)  # any `import torch` inside the reader now fails
+    got = read_hf_state_dict(tmp_path)
+    monkeypatch.undo()
+    assert set(got) == set(state)
+    for key, tensor in state.items():
+        want = tensor.float().numpy() if dtype == torch.bfloat16 else tensor.numpy()
+        assert got[key].shape == tuple(tensor.shape)
+        np.testing.assert_array_equal(np.asarray(got[key], dtype=want.dtype), want)
+
+
+def test_gelu_new_and_regression_parity():
+    batch = tiny_batch(seed=1)
+    for num_labels, act in [(3, "gelu_new"), (1, "gelu"), (2, "relu")]:
+        model = tiny_torch_model(num_labels, seed=1, hidden_act=act)
+        config = BertConfig.from_hf_dict(model.config.to_dict())
+        assert config.hidden_act == act
+        params = state_dict_to_params(numpy_state_dict(model), config, num_labels, jax.random.key(0))
+        got = flax_logits(config, params, num_labels, *batch)
+        assert got.shape == (3, num_labels)
+        np.testing.assert_allclose(got, torch_logits(model, *batch), atol=ATOL, rtol=0, err_msg=act)
+
+
+def test_minilm_parity(minilm_dir, tmp_path):
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification.from_pretrained(minilm_dir, num_labels=2).eval()
+    with torch.no_grad():  # a larger random head makes the comparison more telling
+        model.classifier.weight.normal_(0.0, 1.0)
+        model.classifier.bias.normal_(0.0, 1.0)
+    model.save_pretrained(tmp_path)
+    tok = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    enc = tok(
+        ["A man is playing a guitar on the stage tonight.", "The cat sat."],
+        ["Someone plays music.", "A small dog barks loudly at the mailman every single morning."],
+        padding=True,
+        return_tensors="np",
+    )
+    batch = enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]
+    assert (enc["attention_mask"] == 0).any() and (enc["token_type_ids"] == 1).any()
+    config, params = load_pretrained(tmp_path, 2, rng=jax.random.key(0))
+    got = flax_logits(config, params, 2, *batch)
+    np.testing.assert_allclose(got, torch_logits(model, *batch), atol=ATOL, rtol=0)
+
+
+def test_minilm_base_checkpoint_gets_fresh_classifier(minilm_dir, caplog):
+    # BertModel checkpoint: no "bert." prefix and no classifier.
+    with caplog.at_level(logging.WARNING, logger="flaxft"):
+        config, params = load_pretrained(minilm_dir, 2, rng=jax.random.key(0))
+    assert "classifier/kernel" in caplog.text and "bert/encoder" not in caplog.text
+    assert config.hidden_size == 384 and config.num_hidden_layers == 6
+    raw = read_hf_state_dict(minilm_dir)
+    np.testing.assert_array_equal(
+        params["bert"]["encoder"]["layer_5"]["attention"]["self"]["query"]["kernel"],
+        raw["encoder.layer.5.attention.self.query.weight"].T,
+    )
+    kernel = np.asarray(params["classifier"]["kernel"])
+    assert kernel.shape == (384, 2) and 0.01 < kernel.std() < 0.03
+    assert not np.asarray(params["classifier"]["bias"]).any()
+
+
+# ------------------------------------------------------------------------------ conversion
+
+
+def test_round_trip_to_torch(tmp_path):
+    config = BertConfig(**TINY, initializer_range=0.2)
+    params = init_params(config, 3, jax.random.key(1))
+    state = params_to_state_dict(params)
+    model = transformers.BertForSequenceClassification(transformers.BertConfig(**config.to_hf_dict(), num_labels=3))
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    batch = tiny_batch(seed=2)
+    np.testing.assert_allclose(flax_logits(config, params, 3, *batch), torch_logits(model.eval(), *batch), atol=ATOL)
+    # ... and back through a safetensors folder.
+    safetensors.numpy.save_file(state, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(config.to_hf_dict()))
+    config2, params2 = load_pretrained(tmp_path, 3, rng=jax.random.key(0))
+    assert config2 == config
+    jax.tree.map(np.testing.assert_array_equal, params2, params)
+
+
+def test_classifier_shape_mismatch_is_reinitialized(tiny, caplog):
+    config = BertConfig.from_hf_dict(tiny.config.to_dict())
+    with caplog.at_level(logging.WARNING, logger="flaxft"):
+        params = state_dict_to_params(numpy_state_dict(tiny), config, 5, jax.random.key(0))
+    assert params["classifier"]["kernel"].shape == (32, 5)
+    assert "re-initializing the classifier" in caplog.text
+    np.testing.assert_array_equal(params["bert"]["pooler"]["dense"]["bias"], tiny.bert.pooler.dense.bias.detach().numpy())
+
+
+def test_legacy_names_and_ignored_keys(tiny):
+    config = BertConfig.from_hf_dict(tiny.config.to_dict())
+    state = {}
+    for k, v in numpy_state_dict(tiny).items():
+        k = k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
+        state[k] = v
+    state["bert.embeddings.position_ids"] = np.arange(64)[None]
+    state["cls.predictions.bias"] = np.zeros(99, np.float32)
+    params = state_dict_to_params(state, config, 3, jax.random.key(0))
+    batch = tiny_batch()
+    np.testing.assert_allclose(flax_logits(config, params, 3, *batch), torch_logits(tiny, *batch), atol=ATOL, rtol=0)
+
+
+def test_missing_encoder_weight_raises(tiny):
+    config = BertConfig.from_hf_dict(tiny.config.to_dict())
+    state = numpy_state_dict(tiny)
+    del state["bert.encoder.layer.1.output.dense.weight"]
+    with pytest.raises(FlaxftError, match="layer.1.output.dense.weight"):
+        state_dict_to_params(state, config, 3, jax.random.key(0))
+
+
+def test_missing_files_raise(tiny, tmp_path):
+    with pytest.raises(FlaxftError, match="does not exist"):
+        load_pretrained(tmp_path / "nope", 2, rng=jax.random.key(0))
+    with pytest.raises(FlaxftError, match="config.json"):
+        load_pretrained(tmp_path, 2, rng=jax.random.key(0))
+    tiny.config.save_pretrained(tmp_path)
+    with pytest.raises(FlaxftError, match="model.safetensors.*pytorch_model.bin"):
+        load_pretrained(tmp_path, 2, rng=jax.random.key(0))
+    config, params = load_pretrained(tmp_path, 2, rng=jax.random.key(0), random_init=True)
+    assert params["classifier"]["kernel"].shape == (32, 2)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+
+
+def test_unsupported_configs_raise():
+    with pytest.raises(FlaxftError, match="model_type"):
+        BertConfig.from_hf_dict({"model_type": "roberta"})
+    with pytest.raises(FlaxftError, match="position_embedding_type"):
+        BertConfig.from_hf_dict({"model_type": "bert", "position_embedding_type": "relative_key"})
+    with pytest.raises(FlaxftError, match="hidden_act"):
+        BertConfig.from_hf_dict({"hidden_act": "swish"})
+    assert BertConfig.from_hf_dict({"model_type": "bert", "foo": 1, "pad_token_id": None}).pad_token_id == 0
+
+
+# ------------------------------------------------------------------------------ model behaviour
+
+
+@pytest.fixture(scope="module")
+def tiny_flax():
+    config = BertConfig(**TINY, initializer_range=0.2)
+    return config, init_params(config, 3, jax.random.key(0))
+
+
+def test_dropout_uses_rng(tiny_flax):
+    config, params = tiny_flax
+    model = BertForSequenceClassification(config, 3)
+    batch = tiny_batch()
+
+    @jax.jit
+    def run(key):
+        return model.apply({"params": params}, *batch, deterministic=False, rngs={"dropout": key})
+
+    a, b, a2 = run(jax.random.key(0)), run(jax.random.key(1)), run(jax.random.key(0))
+    assert not np.allclose(a, b)
+    np.testing.assert_array_equal(a, a2)
+    assert not np.allclose(a, model.apply({"params": params}, *batch))
+
+
+def test_bf16_and_remat(tiny_flax):
+    config, params = tiny_flax
+    batch = tiny_batch()
+    ref = flax_logits(config, params, 3, *batch)
+    bf16 = flax_logits(config, params, 3, *batch, dtype=jnp.bfloat16)
+    assert bf16.dtype == np.float32
+    np.testing.assert_allclose(bf16, ref, atol=0.1 * np.abs(ref).max() + 1e-2)
+    np.testing.assert_allclose(flax_logits(config, params, 3, *batch, remat=True), ref, atol=1e-6)
+
+    def loss(p, remat):
+        model = BertForSequenceClassification(config, 3, remat=remat)
+        return (model.apply({"params": p}, *batch) ** 2).sum()
+
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    g1, g2 = grad(params, True), grad(params, False)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5), g1, g2)
+
+
+def test_segment_ids_isolate_packed_examples(tiny_flax):
+    config, params = tiny_flax
+    model = BertForSequenceClassification(config, 3)
+    a, b = np.array([2, 11, 12, 3]), np.array([2, 21, 3])
+
+    @jax.jit
+    def encoder_out(ids, mask, types, pos=None, seg=None):
+        _, state = model.apply(
+            {"params": params}, ids, mask, types, pos, segment_ids=seg,
+            capture_intermediates=lambda mdl, _: mdl.name == "encoder",
+        )
+        (hidden,) = state["intermediates"]["bert"]["encoder"]["__call__"]
+        return hidden
+
+    packed = np.array([[*a, *b, 0]])
+    seg = np.array([[1, 1, 1, 1, 2, 2, 2, 0]])
+    pos = np.array([[0, 1, 2, 3, 0, 1, 2, 0]])
+    hidden = encoder_out(packed, (seg > 0).astype(np.int32), np.zeros_like(packed), pos, seg)
+    alone_a = encoder_out(a[None], np.ones((1, 4), np.int32), np.zeros((1, 4), np.int32))
+    alone_b = encoder_out(b[None], np.ones((1, 3), np.int32), np.zeros((1, 3), np.int32))
+    np.testing.assert_allclose(hidden[0, :4], alone_a[0], atol=1e-5)
+    np.testing.assert_allclose(hidden[0, 4:7], alone_b[0], atol=1e-5)
