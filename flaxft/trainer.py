@@ -7,6 +7,7 @@ ahead on a thread, and device values reach the host only at log and evaluation p
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -75,6 +76,33 @@ class CompileCounter:
 
     def __exit__(self, *exc):
         jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
+class Tally:
+    """Host-side counts of what was trained (from the batch plan: no device sync) and the loop's clock."""
+
+    def __init__(self, lengths: np.ndarray):
+        self.lengths = lengths
+        self.examples = self.tokens = self.slots = 0
+        self.paused_seconds = 0.0
+        self.start = time.perf_counter()
+
+    def add(self, b: buckets.Batch) -> None:
+        real = b.indices[b.indices != buckets.FILLER]
+        self.examples += len(real)
+        self.tokens += int(self.lengths[real].sum())
+        self.slots += b.length * len(b.indices)
+
+    def train_seconds(self) -> float:
+        return time.perf_counter() - self.start - self.paused_seconds
+
+    @contextlib.contextmanager
+    def pause(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_seconds += time.perf_counter() - start
 
 
 class Trainer:
@@ -189,68 +217,62 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
 
+    def _train_batches(self, start_step: int):
+        """(epoch, planned batch, device batch) from `start_step` on: the data position is the step alone,
+        since each epoch's plan is a pure function of (seed, epoch) with a fixed number of batches."""
+        train = self.splits["train"]
+        for epoch in range(start_step // self.steps_per_epoch, math.ceil(self.total_steps / self.steps_per_epoch)):
+            first = epoch * self.steps_per_epoch
+            plan = self._train_plan(epoch)[max(start_step - first, 0):self.total_steps - first]
+            for b, batch in zip(plan, device_batches(train, plan, self.batch_sharding, self.config.train.prefetch)):
+                yield epoch, b, batch
+
     def train(self) -> dict[str, Any]:
-        cfg, t = self.config, self.config.train
+        t = self.config.train
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if jax.process_index() == 0:
-            (self.output_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+            (self.output_dir / "config.yaml").write_text(self.config.to_yaml(), encoding="utf-8")
             (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
         writer = RunWriter(self.output_dir)
-        train = self.splits["train"]
-        lengths = train.lengths
         step = int(self.state.step)
-        num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        log.info("training %d steps (%d epochs of %d) on %d devices %s; buckets %s",
-                 self.total_steps, num_epochs, self.steps_per_epoch, jax.device_count(),
-                 dict(self.mesh.shape), self.boundaries)
-
+        log.info("training %d steps (%d per epoch) on %d devices %s; buckets %s", self.total_steps,
+                 self.steps_per_epoch, jax.device_count(), dict(self.mesh.shape), self.boundaries)
         from tqdm.auto import tqdm
 
         bar = tqdm(total=self.total_steps, initial=step, desc="train", unit="step",
                    disable=jax.process_index() != 0, dynamic_ncols=True, mininterval=2.0)
-        pending: list[dict] = []      # device metrics not yet read (read at log points only)
-        seen_batches: list[buckets.Batch] = []
-        examples = tokens = 0
+        tally = Tally(self.splits["train"].lengths)
+        pending: list[dict] = []      # device metrics not yet read: read at log points only
         eval_metrics: dict[str, float] = {}
-        train_seconds = eval_seconds = 0.0
         try:
             with CompileCounter() as compiles:
-                loop_start = time.perf_counter()
-                for epoch in range(step // self.steps_per_epoch, num_epochs):
-                    plan = self._train_plan(epoch)[step - epoch * self.steps_per_epoch:]
-                    plan = plan[:self.total_steps - step]
-                    for b, batch in zip(plan, device_batches(train, plan, self.batch_sharding, t.prefetch)):
-                        self.state, m = self._train_exec(b.length)(self.state, batch)
-                        pending.append(m)
-                        seen_batches.append(b)
-                        real = b.indices[b.indices != buckets.FILLER]
-                        examples += len(real)
-                        tokens += int(lengths[real].sum())
-                        step += 1
-                        bar.update(1)
-                        if step % t.log_every_steps == 0 or step == self.total_steps:
-                            self._log_train(step, epoch, pending, writer, bar,
-                                            examples / (time.perf_counter() - loop_start - eval_seconds))
-                            pending = []
-                        end_of_epoch = b is plan[-1] and step % self.steps_per_epoch == 0
-                        if end_of_epoch or step == self.total_steps or (t.eval_every_steps and step % t.eval_every_steps == 0):
-                            eval_start = time.perf_counter()
+                for epoch, b, batch in self._train_batches(step):
+                    self.state, m = self._train_exec(b.length)(self.state, batch)
+                    pending.append(m)
+                    tally.add(b)
+                    step += 1
+                    bar.update(1)
+                    if step % t.log_every_steps == 0 or step == self.total_steps:
+                        self._log_train(step, epoch, pending, writer, bar, tally.examples / tally.train_seconds())
+                        pending = []
+                    end_of_epoch = step % self.steps_per_epoch == 0
+                    if end_of_epoch or step == self.total_steps or (t.eval_every_steps and step % t.eval_every_steps == 0):
+                        with tally.pause():  # evaluation time is not training time
                             eval_metrics = self._evaluate_all(step, epoch + 1, writer)
-                            eval_seconds += time.perf_counter() - eval_start
-                train_seconds = time.perf_counter() - loop_start - eval_seconds
         finally:
             bar.close()  # ends the bar's line, so an error message starts on its own line
+        train_seconds = tally.train_seconds()
         summary = {
             **eval_metrics,
             "global_step": step,
             "epochs": step / self.steps_per_epoch,
-            "train_examples": len(train),
+            "train_examples": len(self.splits["train"]),
             "train_seconds": train_seconds,
-            "eval_seconds": eval_seconds,
+            "eval_seconds": tally.paused_seconds,
             "compile_seconds": self.compile_seconds,
-            "train_samples_per_second": examples / train_seconds,
-            "train_tokens_per_second": tokens / train_seconds,
-            "padding_efficiency": buckets.padding_efficiency(lengths, seen_batches),
+            "train_samples_per_second": tally.examples / train_seconds,
+            "train_tokens_per_second": tally.tokens / train_seconds,
+            "padding_efficiency": tally.tokens / max(tally.slots, 1),
             "buckets": self.boundaries,
             "train_compilations": len(self._train_execs),
             "eval_compilations": len(self._eval_execs),
