@@ -64,6 +64,7 @@ class TrainConfig:
     adam_b2: float = _field(0.999, "AdamW beta2.")
     adam_eps: float = _field(1e-8, "AdamW epsilon.")
     max_grad_norm: float = _field(1.0, "Clip gradients to this global norm (0 disables).")
+    grad_accum_steps: int = _field(1, "Split each batch into N micro-batches and sum their gradients (same update, less memory).")
     seed: int = _field(42, "Seed for initialization, shuffling and dropout.")
     dtype: str = _field("float32", "Activation/matmul dtype: float32 or bfloat16 (weights stay float32).")
     eval_every_steps: Optional[int] = _field(None, "Also evaluate every N steps (always at each epoch end).")
@@ -79,12 +80,20 @@ class MeshConfig:
 
 
 @dataclasses.dataclass
+class DistributedConfig:
+    coordinator_address: Optional[str] = _field(None, "host:port of process 0 for multi-process runs (automatic on Cloud TPU).")
+    num_processes: Optional[int] = _field(None, "Number of processes in a multi-process run.")
+    process_id: Optional[int] = _field(None, "This process's index, 0 .. num_processes-1.")
+
+
+@dataclasses.dataclass
 class Config:
     output_dir: str = _field("outputs/run", "Where the resolved config, metrics, TensorBoard events and summary go.")
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -261,6 +270,15 @@ def validate(cfg: Config) -> None:
     need(t.eval_every_steps is None or t.eval_every_steps >= 1, "train.eval_every_steps must be >= 1 or null")
     need(t.dtype in ("float32", "bfloat16"), f"train.dtype='{t.dtype}' is not supported; use float32 or bfloat16")
     need(t.prefetch >= 1, "train.prefetch must be >= 1")
+    need(t.grad_accum_steps >= 1, "train.grad_accum_steps must be >= 1")
+    need(t.batch_size % t.grad_accum_steps == 0,
+         f"train.batch_size={t.batch_size} must be divisible by train.grad_accum_steps={t.grad_accum_steps}")
+    dist = cfg.distributed
+    if dist.coordinator_address is not None:
+        need(dist.num_processes is not None and dist.process_id is not None,
+             "distributed.coordinator_address needs distributed.num_processes and distributed.process_id too")
+        need(0 <= dist.process_id < dist.num_processes,
+             f"distributed.process_id={dist.process_id} must be in [0, {dist.num_processes})")
     for axis in ("data", "fsdp", "tensor"):
         size = getattr(cfg.mesh, axis)
         need(size == -1 or size >= 1, f"mesh.{axis}={size} must be a positive size or -1")

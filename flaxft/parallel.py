@@ -63,12 +63,14 @@ def data_parallel_size(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
-def check_batch_size(batch_size: int, mesh: Mesh, key: str = "train.batch_size") -> None:
-    n = data_parallel_size(mesh)
+def check_batch_size(batch_size: int, mesh: Mesh, key: str = "train.batch_size", micro_batches: int = 1) -> None:
+    """Each (micro-)batch must split evenly over the data-parallel devices."""
+    n = data_parallel_size(mesh) * micro_batches
     if batch_size % n:
+        where = f"{micro_batches} micro-batches over " if micro_batches > 1 else ""
         raise FlaxftError(
-            f"{key}={batch_size} cannot be split over the {n} data-parallel devices "
-            f"(mesh data x fsdp = {n}); use a multiple of {n}, e.g. {key}={max(n, batch_size // n * n)}")
+            f"{key}={batch_size} cannot be split into {where}the {data_parallel_size(mesh)} data-parallel devices "
+            f"(mesh data x fsdp); use a multiple of {n}, e.g. {key}={max(n, batch_size // n * n)}")
 
 
 def _path_str(path) -> str:

@@ -35,20 +35,37 @@ def example_losses(logits: jax.Array, labels: jax.Array, is_regression: bool) ->
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
-    """Mean over real rows only: filler rows (weight 0) add nothing."""
-    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+def micro_batches(batch: dict, n: int) -> dict:
+    """[B, ...] -> [n, B/n, ...] taking rows i, i+n, i+2n, ... for micro-batch i, so that every
+    micro-batch is spread over all data-parallel devices (each holds a contiguous block of rows)."""
+    return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
 def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
-               schedule: Callable, is_regression: bool) -> tuple[TrainState, dict]:
-    dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+               schedule: Callable, is_regression: bool, grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
+    """One optimizer update on a global batch, optionally as a sum over micro-batches.
 
-    def loss_fn(params):
-        logits = forward(model, params, batch, rng=dropout_rng)
-        return weighted_mean(example_losses(logits, batch["labels"], is_regression), batch["weights"])
+    The loss is the mean over the real rows of the whole batch, so N micro-batches give the same
+    update as one batch N times larger.
+    """
+    step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    total_weight = jnp.maximum(jnp.sum(batch["weights"]), 1.0)
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    def loss_fn(params, micro, rng):
+        logits = forward(model, params, micro, rng=rng)
+        return jnp.sum(example_losses(logits, micro["labels"], is_regression) * micro["weights"]) / total_weight
+
+    if grad_accum_steps == 1:
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, step_rng)
+    else:
+        def accumulate(carry, xs):
+            i, micro = xs
+            loss, grads = jax.value_and_grad(loss_fn)(state.params, micro, jax.random.fold_in(step_rng, i))
+            return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+        zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+        xs = (jnp.arange(grad_accum_steps), micro_batches(batch, grad_accum_steps))
+        (loss, grads), _ = jax.lax.scan(accumulate, zeros, xs)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step)}

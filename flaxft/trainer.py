@@ -123,7 +123,7 @@ class Trainer:
         self.compute_metrics = compute_metrics
         self.output_dir = pathlib.Path(cfg.output_dir)
         self.mesh = make_mesh(cfg.mesh)
-        check_batch_size(cfg.train.batch_size, self.mesh)
+        check_batch_size(cfg.train.batch_size, self.mesh, micro_batches=cfg.train.grad_accum_steps)
         self.eval_batch_size = cfg.train.eval_batch_size or cfg.train.batch_size
         check_batch_size(self.eval_batch_size, self.mesh, "train.eval_batch_size")
 
@@ -199,7 +199,7 @@ class Trainer:
 
     def _train_exec(self, length: int):
         step = functools.partial(train_step, model=self.model, tx=self.tx, schedule=self.schedule,
-                                 is_regression=self.raw.is_regression)
+                                 is_regression=self.raw.is_regression, grad_accum_steps=self.config.train.grad_accum_steps)
         jitted = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding),
                          out_shardings=(self.state_sharding, NamedSharding(self.mesh, P())), donate_argnums=(0,))
         abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state)
