@@ -8,13 +8,14 @@ and optimizer state follow PARAM_RULES, matched by regular expression against th
 from __future__ import annotations
 
 import math
+import os
 import re
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from flaxft.config import MeshConfig
+from flaxft.config import DistributedConfig, MeshConfig
 from flaxft.errors import FlaxftError
 
 AXES = ("data", "fsdp", "tensor")
@@ -31,6 +32,19 @@ PARAM_RULES: list[tuple[str, P]] = [
     (r"layer_\d+/output/dense/kernel$", P("tensor", "fsdp")),
     (r".*", P()),
 ]
+
+
+def initialize_distributed(cfg: DistributedConfig) -> None:
+    """Join a multi-process run before JAX touches any device.
+
+    Explicit (`distributed.*` keys; CPU processes talk over gloo) or automatic on a multi-host Cloud TPU
+    slice, where each worker's environment names all hosts. A single process needs nothing.
+    """
+    if cfg.coordinator_address is not None:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # only affects CPU devices
+        jax.distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
+    elif len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
+        jax.distributed.initialize()
 
 
 def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
@@ -95,6 +109,16 @@ def tree_shardings(mesh: Mesh, tree):
     """NamedShardings for every leaf of a (possibly abstract) pytree, following PARAM_RULES."""
     return jax.tree_util.tree_map_with_path(
         lambda path, leaf: NamedSharding(mesh, spec_for(_path_str(path), np.shape(leaf), mesh)), tree)
+
+
+def local_rows(sharding: NamedSharding, rows: int) -> slice:
+    """The block of global batch rows that this process's devices hold (all rows on one host)."""
+    index_map = sharding.addressable_devices_indices_map((rows,))
+    starts = [idx[0].start or 0 for idx in index_map.values()]
+    stops = [rows if idx[0].stop is None else idx[0].stop for idx in index_map.values()]
+    block = slice(min(starts), max(stops))
+    assert block.stop - block.start == rows // jax.process_count(), "a process's batch rows must be contiguous"
+    return block
 
 
 def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:

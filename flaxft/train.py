@@ -20,8 +20,10 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
 
+    from flaxft.parallel import initialize_distributed
     from flaxft.trainer import Trainer  # heavy imports after the config is known to be valid
 
+    initialize_distributed(cfg.distributed)
     Trainer(cfg).train()
     return 0
 

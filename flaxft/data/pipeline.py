@@ -11,14 +11,7 @@ import numpy as np
 
 from flaxft.data.buckets import Batch
 from flaxft.data.tokenize import TokenizedSplit
-from flaxft.parallel import put_batch
-
-
-def local_rows(indices: np.ndarray) -> np.ndarray:
-    """This process's contiguous share of a global batch (all of it on a single host)."""
-    n, i = jax.process_count(), jax.process_index()
-    per = len(indices) // n
-    return indices[i * per:(i + 1) * per]
+from flaxft.parallel import local_rows, put_batch
 
 
 def device_batches(split: TokenizedSplit, plan: Sequence[Batch], sharding, prefetch: int = 2,
@@ -33,7 +26,8 @@ def device_batches(split: TokenizedSplit, plan: Sequence[Batch], sharding, prefe
             for b in plan:
                 if stop.is_set():
                     return
-                q.put(put_batch(split.collate(local_rows(b.indices), b.length, pad_id), sharding))
+                rows = b.indices[local_rows(sharding, len(b.indices))]  # only this host's share
+                q.put(put_batch(split.collate(rows, b.length, pad_id), sharding))
             q.put(done)
         except BaseException as e:  # surface producer errors in the consumer
             q.put(e)
