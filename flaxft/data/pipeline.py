@@ -7,7 +7,6 @@ import threading
 from typing import Iterator, Sequence
 
 import jax
-import numpy as np
 
 from flaxft.data.buckets import Batch
 from flaxft.data.tokenize import TokenizedSplit
