@@ -291,3 +291,18 @@ def test_custom_label_errors(files):
     # -1 in a test file means "unlabelled".
     raw = load_splits(cfg(train_file=ints, test_file=labelled("t.csv", -1, 1)))
     assert raw.splits["test"]["label"] == [-1, 1]
+
+
+def test_from_datasets_types_labels_like_files():
+    import datasets
+
+    from flaxft.data.loading import from_datasets
+
+    train = datasets.Dataset.from_dict({"review": ["great", "awful", "fine"], "stars": ["pos", "neg", "pos"]})
+    raw = from_datasets({"train": train, "validation": {"review": ["ok"], "stars": ["neg"]}},
+                        text_columns=["review"], label_column="stars")
+    assert raw.label_names == ("neg", "pos") and raw.num_labels == 2 and not raw.is_regression
+    assert raw.splits["train"]["label"] == [1, 0, 1] and raw.splits["validation"]["label"] == [0]
+    assert raw.eval_splits == ("validation",)
+    with pytest.raises(FlaxftError, match="never appears in the training labels"):
+        from_datasets({"train": train, "validation": {"review": ["?"], "stars": ["meh"]}}, ["review"], "stars")

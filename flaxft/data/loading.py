@@ -240,8 +240,23 @@ def _load_custom(data) -> RawData:
         if file
     }
     tables = {split: _read_file(f"{split}_file", file) for split, file in files.items()}
-    text_columns = _pick_text_columns(data.text_columns, tables["train"], files["train"])
-    label_column = data.label_column or "label"
+    return _raw_from_tables(tables, files, data.text_columns, data.label_column or "label")
+
+
+def from_datasets(splits: dict, text_columns=None, label_column: str = "label") -> RawData:
+    """RawData from your own in-memory splits, for `Trainer(cfg, raw=...)` in a notebook.
+
+    `splits` maps "train" (required), "validation" and "test" to `datasets.Dataset`s or dicts of
+    columns; labels are typed exactly as for files (integers, strings or floats).
+    """
+    if "train" not in splits:
+        raise FlaxftError(f"from_datasets needs a 'train' split; got {sorted(splits)}")
+    tables = {name: ds.to_dict() if isinstance(ds, datasets.Dataset) else dict(ds) for name, ds in splits.items()}
+    return _raw_from_tables(tables, {name: f"the {name} split" for name in tables}, text_columns, label_column)
+
+
+def _raw_from_tables(tables: dict[str, dict], files: dict[str, str], text_columns, label_column: str) -> RawData:
+    text_columns = _pick_text_columns(text_columns, tables["train"], files["train"])
     if label_column in text_columns:
         raise FlaxftError(f"data.label_column={label_column} is also a text column; use different columns")
 
