@@ -1,0 +1,149 @@
+"""One flaxft fine-tuning run, timed for the benchmark; writes one JSON file.
+
+    python bench/flaxft_run.py --task mrpc --model DIR --glue ../shared/data/glue --seed 42 --out R.json
+        [--epochs 3 --batch-size 32 --lr 5e-5] [--fixed-length 128] [--max-steps N] [--max-eval-samples N]
+
+It is `python -m flaxft.train --config configs/glue/TASK.yaml ...` (same config, same Trainer.train()), run
+in-process so that one extra measurement can be taken: the first training step is waited for once
+(block_until_ready), which gives the time to the first step. Everything else comes from summary.json.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+LAUNCH = float(os.environ.get("BENCH_LAUNCH_TIME", time.time()))  # the driver's clock when it started us
+
+import argparse
+import json
+import math
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--glue", required=True, help="folder holding the GLUE task folders (MRPC, SST-2, ...)")
+    p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--max-eval-samples", type=int)
+    p.add_argument("--fixed-length", type=int, help="pad every batch to this length (one bucket)")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--output-dir", help="flaxft output_dir (default: next to --out)")
+    p.add_argument("--out", required=True, help="result JSON")
+    return p.parse_args(argv)
+
+
+def overrides(args, glue_folder: str, output_dir: str) -> list[str]:
+    o = [f"model.name_or_path={args.model}", f"data.path={glue_folder}", f"train.epochs={args.epochs}",
+         f"train.batch_size={args.batch_size}", f"train.learning_rate={args.lr}", f"train.seed={args.seed}",
+         f"train.dtype={args.dtype}", f"output_dir={output_dir}"]
+    if args.max_steps:
+        o.append(f"train.max_steps={args.max_steps}")
+    if args.max_eval_samples:
+        o.append(f"data.max_eval_samples={args.max_eval_samples}")
+    if args.fixed_length:
+        o.append(f"data.bucket_boundaries=[{args.fixed_length}]")
+    return o
+
+
+def trained_batches(trainer):
+    """(real lengths, padded length, rows) of every batch the run trained on: the same plan Trainer.train()
+    follows (each epoch's plan is a pure function of seed and epoch), cut at total_steps."""
+    from flaxft.data import buckets
+
+    lengths, t = trainer.splits["train"].lengths, trainer.config.train
+    left = trainer.total_steps
+    for epoch in range(math.ceil(trainer.total_steps / trainer.steps_per_epoch)):
+        plan = buckets.plan_batches(lengths, trainer.boundaries, t.batch_size, shuffle=True, seed=t.seed, epoch=epoch)
+        for b in plan[:left]:
+            yield lengths[b.indices[b.indices != buckets.FILLER]], b.length, len(b.indices)
+        left -= len(plan)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    from flaxft.config import load_config
+    from flaxft.data.tasks import get_task
+
+    task = get_task(args.task)
+    out = pathlib.Path(args.out)
+    output_dir = args.output_dir or str(out.with_suffix("")) + "_run"
+    cfg = load_config(ROOT / "configs" / "glue" / f"{task.name}.yaml",
+                      overrides(args, str(pathlib.Path(args.glue) / task.folder), output_dir))
+
+    import jax
+
+    from flaxft.trainer import Trainer
+
+    setup_start = time.time()
+    trainer = Trainer(cfg)
+    setup_seconds = time.time() - setup_start
+
+    first_step_done = None
+    get_exec = trainer._train_exec
+
+    def timed_exec(length):  # wait for the first step once; later steps run asynchronously as usual
+        exe = get_exec(length)
+
+        def run(*a):
+            nonlocal first_step_done
+            result = exe(*a)
+            if first_step_done is None:
+                jax.block_until_ready(result)
+                first_step_done = time.time()
+            return result
+        return run if first_step_done is None else exe
+
+    trainer._train_exec = timed_exec
+    train_call = time.time()
+    summary = trainer.train()
+    done = time.time()
+
+    from roofline import token_stats
+
+    # The final evaluation's metrics: the last evaluation record of metrics.jsonl (summary.json mixes them
+    # with run-level keys such as eval_seconds).
+    lines = (pathlib.Path(output_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    events = [json.loads(line) for line in lines if line.strip()]
+    final_eval = [e for e in events if "eval_loss" in e][-1]
+    metrics = {k[len("eval_"):]: v for k, v in final_eval.items() if k.startswith("eval_") and k != "eval_loss"}
+    result = {
+        "system": f"flaxft fixed-{args.fixed_length}" if args.fixed_length else "flaxft buckets",
+        "task": task.name, "seed": args.seed, "epochs": summary["epochs"], "global_step": summary["global_step"],
+        "batch_size": args.batch_size, "learning_rate": args.lr, "dtype": args.dtype,
+        "train_seconds": summary["train_seconds"],
+        "train_samples_per_second": summary["train_samples_per_second"],
+        "train_tokens_per_second": summary["train_tokens_per_second"],
+        "padding_efficiency": summary["padding_efficiency"],
+        "compile_seconds": summary["compile_seconds"],
+        "eval_seconds": summary["eval_seconds"],
+        "setup_seconds": setup_seconds,
+        "first_step_seconds_from_launch": first_step_done - LAUNCH,
+        "first_step_seconds_from_train_call": first_step_done - train_call,
+        "wall_seconds_in_process": done - LAUNCH,
+        "metrics": metrics,
+        "eval_examples": len(trainer.splits[trainer.raw.eval_splits[0]]),
+        "num_labels": trainer.raw.num_labels,
+        "buckets": summary["buckets"],
+        "token_stats": token_stats(trained_batches(trainer)),
+        "num_devices": summary["num_devices"],
+        "jax_version": jax.__version__,
+        "output_dir": output_dir,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("system", "seed", "train_samples_per_second", "metrics")}))
+
+
+if __name__ == "__main__":
+    main()
