@@ -18,7 +18,9 @@ def run_main(main: Callable[[list[str]], int], argv: list[str] | None = None) ->
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("FLAXFT_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # flaxft's own progress at INFO; other libraries only when they warn (no "JAX version available" noise)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("flaxft").setLevel(logging.INFO)
     if debug:
         return main(argv)
     try:

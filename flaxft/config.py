@@ -6,6 +6,7 @@ Unknown keys and wrong types are errors (with the closest valid key suggested), 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import pathlib
@@ -87,13 +88,26 @@ class DistributedConfig:
 
 
 @dataclasses.dataclass
+class CheckpointConfig:
+    every_steps: Optional[int] = _field(None, "Also save a checkpoint every N steps (null: at epoch ends and the last step only).")
+    keep: int = _field(2, "Keep the latest N checkpoints, plus the best one by best_metric.")
+    best_metric: Optional[str] = _field(None, "Eval metric that picks the best checkpoint, e.g. eval_f1; eval_loss is minimized "
+                                              "(null: the task's main metric).")
+    resume_from: Optional[str] = _field(None, "Resume from this checkpoint (a step folder, a checkpoints folder or a run folder) "
+                                              "instead of output_dir's latest.")
+    export: str = _field("best", "At the end, write output_dir/export in Hugging Face format: best, final or none.")
+    async_save: bool = _field(True, "Write checkpoints in the background while training goes on.")
+
+
+@dataclasses.dataclass
 class Config:
-    output_dir: str = _field("outputs/run", "Where the resolved config, metrics, TensorBoard events and summary go.")
+    output_dir: str = _field("outputs/run", "Where the resolved config, metrics, TensorBoard events, summary, checkpoints and export go.")
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -230,9 +244,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def load_config(path: Optional[str | pathlib.Path] = None, overrides: list[str] = ()) -> Config:
-    """Config = defaults <- YAML file (and its bases) <- key=value overrides, then validated."""
-    values = _read_yaml(pathlib.Path(path)) if path is not None else {}
+def load_config(path: Optional[str | pathlib.Path] = None, overrides: list[str] = (),
+                base: Optional[dict] = None) -> Config:
+    """Config = defaults <- YAML file (and its bases) or `base` (a saved Config.to_dict()) <- key=value
+    overrides, then validated."""
+    values = _read_yaml(pathlib.Path(path)) if path is not None else copy.deepcopy(base or {})
     for text in overrides:
         keys, value = parse_override(text)
         node = values
@@ -279,6 +295,12 @@ def validate(cfg: Config) -> None:
              "distributed.coordinator_address needs distributed.num_processes and distributed.process_id too")
         need(0 <= dist.process_id < dist.num_processes,
              f"distributed.process_id={dist.process_id} must be in [0, {dist.num_processes})")
+    c = cfg.checkpoint
+    need(c.every_steps is None or c.every_steps >= 1, "checkpoint.every_steps must be >= 1 or null")
+    need(c.keep >= 1, "checkpoint.keep must be >= 1")
+    need(c.export in ("best", "final", "none"), f"checkpoint.export='{c.export}' must be best, final or none")
+    need(c.best_metric is None or c.best_metric.startswith("eval_"),
+         f"checkpoint.best_metric='{c.best_metric}' must be an eval metric such as eval_accuracy or eval_loss")
     for axis in ("data", "fsdp", "tensor"):
         size = getattr(cfg.mesh, axis)
         need(size == -1 or size >= 1, f"mesh.{axis}={size} must be a positive size or -1")

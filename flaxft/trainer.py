@@ -3,6 +3,9 @@
 A Python API in the spirit of the Hugging Face Trainer (train, evaluate, predict, a compute_metrics
 hook) on top of pure step functions. The host stays out of the hot loop: batches are prepared
 ahead on a thread, and device values reach the host only at log and evaluation points.
+
+Runs are resumable: checkpoints (flaxft.checkpoint) hold the whole TrainState, and the data position
+is the step alone, so a rerun on the same output_dir continues exactly where the last checkpoint was.
 """
 
 from __future__ import annotations
@@ -10,9 +13,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import math
 import pathlib
+import signal
+import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -20,18 +26,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.special
+from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from flaxft import metrics as glue_metrics
+from flaxft.checkpoint import CHECKPOINTS, Checkpoints, abstract, default_best_metric, locate
 from flaxft.config import Config
 from flaxft.data import buckets
 from flaxft.data.loading import RawData, load_splits
 from flaxft.data.pipeline import device_batches
 from flaxft.data.tokenize import TokenizedSplit, load_tokenizer, tokenize_split
 from flaxft.errors import FlaxftError
+from flaxft.export import EXPORT, export_model
 from flaxft.hub import resolve_model
 from flaxft.model.bert import BertForSequenceClassification
-from flaxft.model.convert import load_pretrained
+from flaxft.model.convert import load_pretrained, param_shapes, read_config
 from flaxft.optim import make_optimizer
 from flaxft.parallel import batch_sharding, check_batch_size, make_mesh, tree_shardings
 from flaxft.reporting import RunWriter, write_json_atomic
@@ -105,6 +114,30 @@ class Tally:
             self.paused_seconds += time.perf_counter() - start
 
 
+class PreemptionGuard:
+    """SIGTERM (sent by Cloud TPU before preempting a spot VM) -> a flag the loop reads at step boundaries.
+
+    Installed on the main thread of a single process only: on a multi-host slice JAX's preemption
+    service catches the signal and every host learns at the same step (Checkpoints.reached_preemption).
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True  # only a flag: the loop acts (and logs) at the next step boundary
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
 class Trainer:
     """Fine-tune a BERT classifier/regressor.
 
@@ -114,73 +147,206 @@ class Trainer:
 
     `raw` replaces data loading with your own splits (see flaxft.data.loading.from_datasets);
     `compute_metrics(EvalPrediction) -> dict` adds (or overrides) evaluation metrics.
+    If output_dir holds checkpoints, the Trainer starts from the latest (train() then continues the run).
     Everything that can fail on bad input fails here, before anything is written.
+
+    `predict_only=True` (used by flaxft.predict) needs no training split and builds no optimizer;
+    `boundaries` are then the trained buckets and `params_from=(Checkpoints, step)` supplies the weights.
     """
 
     def __init__(self, config: Config, *, raw: Optional[RawData] = None,
-                 compute_metrics: Optional[Callable[[EvalPrediction], dict]] = None):
+                 compute_metrics: Optional[Callable[[EvalPrediction], dict]] = None, predict_only: bool = False,
+                 boundaries: Optional[list[int]] = None, params_from: Optional[tuple[Checkpoints, int]] = None):
         self.config = cfg = config
         self.compute_metrics = compute_metrics
+        self.predict_only = predict_only
         self.output_dir = pathlib.Path(cfg.output_dir)
         self.mesh = make_mesh(cfg.mesh)
-        check_batch_size(cfg.train.batch_size, self.mesh, micro_batches=cfg.train.grad_accum_steps)
+        if not predict_only:
+            check_batch_size(cfg.train.batch_size, self.mesh, micro_batches=cfg.train.grad_accum_steps)
         self.eval_batch_size = cfg.train.eval_batch_size or cfg.train.batch_size
         check_batch_size(self.eval_batch_size, self.mesh, "train.eval_batch_size")
 
         self.model_dir = resolve_model(cfg.model.name_or_path)
         self.raw = raw if raw is not None else load_splits(cfg.data)
-        if "train" not in self.raw.splits:
+        if "train" not in self.raw.splits and not predict_only:
             raise FlaxftError("no training split; set data.train_file (or data.path to a GLUE task folder)")
         self.tokenizer = load_tokenizer(self.model_dir)
         self.splits: dict[str, TokenizedSplit] = {
             name: tokenize_split(ds, self.raw.text_columns, self.tokenizer, cfg.data.max_seq_length, cfg.data.cache_dir)
             for name, ds in self.raw.splits.items()}
-        self.boundaries = self._choose_buckets()
+        self.boundaries = self._choose_buckets(boundaries)
 
-        self.model_config, params = load_pretrained(
-            self.model_dir, self.raw.num_labels, rng=jax.random.key(cfg.train.seed), random_init=cfg.model.random_init)
+        if params_from is not None:  # predict from a checkpoint: no need to read the pretrained weights
+            self.model_config, params = read_config(self.model_dir), None
+        else:
+            self.model_config, params = load_pretrained(
+                self.model_dir, self.raw.num_labels, rng=jax.random.key(cfg.train.seed), random_init=cfg.model.random_init)
         if cfg.data.max_seq_length > self.model_config.max_position_embeddings:
             raise FlaxftError(f"data.max_seq_length={cfg.data.max_seq_length} exceeds the model's "
                               f"{self.model_config.max_position_embeddings} positions; lower data.max_seq_length")
         self.model = BertForSequenceClassification(
             self.model_config, self.raw.num_labels, dtype=jnp.dtype(cfg.train.dtype), remat=cfg.model.remat)
+        self._train_execs: dict[int, Any] = {}
+        self._eval_execs: dict[int, Any] = {}
+        self.compile_seconds = 0.0
+        self.resumed_step: Optional[int] = None
 
+        if predict_only:
+            if params_from is not None:
+                params = self._restore_params(*params_from)
+            self.state = self._init_state(params, with_optimizer=False)
+            return
         self.steps_per_epoch = len(self._train_plan(0))
         self.total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * self.steps_per_epoch)
         self.tx, self.schedule = make_optimizer(cfg.train, self.total_steps)
         self.state = self._init_state(params)
-        self._train_execs: dict[int, Any] = {}
-        self._eval_execs: dict[int, Any] = {}
-        self.compile_seconds = 0.0
+        c = cfg.checkpoint
+        self.best_metric = c.best_metric or default_best_metric(self.raw.task, self.raw.is_regression)
+        self.checkpoints = Checkpoints(self.output_dir / CHECKPOINTS, keep=c.keep, best_metric=self.best_metric,
+                                       async_save=c.async_save)
+        self._resume()
 
     # ------------------------------------------------------------------ set-up
 
-    def _choose_buckets(self) -> list[int]:
+    def _choose_buckets(self, trained: Optional[list[int]] = None) -> list[int]:
         d = self.config.data
         longest = max(int(s.lengths.max()) for s in self.splits.values() if len(s))
+        if trained:  # prediction: the trained buckets, plus one more if these inputs are longer
+            top = int(buckets.round_up(longest, d.pad_to_multiple_of))
+            return list(trained) + ([top] if top > trained[-1] else [])
         if d.bucket_boundaries:
             return list(d.bucket_boundaries)  # buckets.assign reports an example longer than the last
         top = int(min(buckets.round_up(longest, d.pad_to_multiple_of), max(d.max_seq_length, longest)))
-        return buckets.choose_boundaries(self.splits["train"].lengths, d.num_buckets, self.config.train.batch_size,
-                                         d.pad_to_multiple_of, top)
+        lengths = self.splits["train"].lengths if "train" in self.splits else np.concatenate(
+            [s.lengths for s in self.splits.values()])
+        return buckets.choose_boundaries(lengths, d.num_buckets, self.config.train.batch_size, d.pad_to_multiple_of,
+                                         top)
 
     def _train_plan(self, epoch: int) -> list[buckets.Batch]:
         t = self.config.train
         return buckets.plan_batches(self.splits["train"].lengths, self.boundaries, t.batch_size,
                                     shuffle=True, seed=t.seed, epoch=epoch)
 
-    def _init_state(self, params) -> TrainState:
+    def _init_state(self, params, with_optimizer: bool = True) -> TrainState:
         replicated = NamedSharding(self.mesh, P())
         param_sh = tree_shardings(self.mesh, params)
         params = jax.device_put(params, param_sh)
-        opt_shapes = jax.eval_shape(self.tx.init, params)
-        opt_sh = tree_shardings(self.mesh, opt_shapes)
-        opt_state = jax.jit(self.tx.init, out_shardings=opt_sh)(params)
+        if with_optimizer:
+            opt_shapes = jax.eval_shape(self.tx.init, params)
+            opt_sh = tree_shardings(self.mesh, opt_shapes)
+            opt_state = jax.jit(self.tx.init, out_shardings=opt_sh)(params)
+        else:
+            opt_sh = opt_state = ()
         rng = jax.random.key_data(jax.random.fold_in(jax.random.key(self.config.train.seed), 1))
         self.state_sharding = TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated)
         self.batch_sharding = batch_sharding(self.mesh)
         return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params,
                           opt_state=opt_state, rng=jax.device_put(rng, replicated))
+
+    def _restore_params(self, checkpoints: Checkpoints, step: int):
+        """Params saved at `step`, placed on this mesh (restored straight into their shardings)."""
+        shapes = traverse_util.unflatten_dict(param_shapes(self.model_config, self.raw.num_labels))
+        target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                              shapes, tree_shardings(self.mesh, shapes))
+        return checkpoints.restore_params(step, target)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _meta(self, step: int, metrics: dict) -> dict:
+        """What a checkpoint records besides the arrays: the data position, the config, labels, buckets."""
+        raw = self.raw
+        return {
+            "step": step, "epoch": step // self.steps_per_epoch, "batch_in_epoch": step % self.steps_per_epoch,
+            "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+            "train_examples": len(self.splits["train"]), "metrics": metrics,
+            "task": raw.task.name if raw.task else None, "label_names": list(raw.label_names or []) or None,
+            "is_regression": raw.is_regression, "num_labels": raw.num_labels, "text_columns": list(raw.text_columns),
+            "buckets": self.boundaries, "num_devices": jax.device_count(), "mesh": dict(self.mesh.shape),
+            "model_config": self.model_config.to_hf_dict(), "config": self.config.to_dict(),
+        }
+
+    def _resume(self) -> None:
+        """Continue from output_dir's latest checkpoint; else from checkpoint.resume_from (a new run from
+        another run's checkpoint: once this run has checkpoints of its own, reruns resume from those)."""
+        source, step = self.checkpoints, self.checkpoints.latest_step()
+        if step is None and self.config.checkpoint.resume_from:
+            directory, step = locate(self.config.checkpoint.resume_from)
+            source = Checkpoints(directory, read_only=True)
+            step = source.latest_step() if step is None else step
+            if step is None or step not in source.steps():
+                raise FlaxftError(f"checkpoint.resume_from: no finished checkpoint in "
+                                  f"'{self.config.checkpoint.resume_from}'")
+        if step is None:
+            return
+        meta = source.read_meta(step)
+        self._check_compatible(meta, source.path(step))
+        self.state = source.restore(step, self.state)
+        self.resumed_step = int(self.state.step)
+        log.info("resuming from %s: step %d (epoch %d, batch %d of %d)", source.path(step), self.resumed_step,
+                 meta["epoch"] + 1, meta["batch_in_epoch"], self.steps_per_epoch)
+
+    def _check_compatible(self, meta: dict, where: pathlib.Path) -> None:
+        """Refuse a checkpoint whose run differs in what the arrays or the data order depend on."""
+        raw, t = self.raw, self.config.train
+        saved_t = meta.get("config", {}).get("train", {})
+        ours = {"task": raw.task.name if raw.task else None, "label_names": list(raw.label_names or []) or None,
+                "num_labels": raw.num_labels, "train.batch_size": t.batch_size, "train.seed": t.seed,
+                "data.max_seq_length": self.config.data.max_seq_length,
+                "buckets": self.boundaries, "train_examples": len(self.splits["train"]),
+                "steps_per_epoch": self.steps_per_epoch, "model_config": self.model_config.to_hf_dict()}
+        theirs = {**meta, "train.batch_size": saved_t.get("batch_size"), "train.seed": saved_t.get("seed"),
+                  "data.max_seq_length": meta.get("config", {}).get("data", {}).get("max_seq_length")}
+        for key, value in ours.items():
+            if theirs.get(key) != value:
+                shown = "a different model" if key == "model_config" else f"{key}={theirs.get(key)}, not {value}"
+                raise FlaxftError(f"checkpoint '{where}' was saved with {shown}; rerun with the settings it was "
+                                  "saved with, or use a new output_dir to start over")
+        if meta.get("total_steps") != self.total_steps:
+            log.warning("the checkpoint's run had %s steps, this one has %d: the learning-rate schedule changes",
+                        meta.get("total_steps"), self.total_steps)
+
+    def _save(self, step: int, metrics: dict) -> None:
+        start = time.perf_counter()
+        if self.checkpoints.save(step, self.state, self._meta(step, metrics), metrics):
+            seconds = time.perf_counter() - start
+            self.checkpoint_seconds += seconds
+            log.info("checkpoint at step %d %s(%.2f s blocking)", step, "with metrics " if metrics else "", seconds)
+
+    def _trim_metrics_log(self, step: int) -> None:
+        """Drop metrics.jsonl events past the resumed step: the rerun logs them again."""
+        path = self.output_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                pass  # a line cut short by a killed process
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.replace(path)
+
+    def export(self, folder: Optional[pathlib.Path] = None, which: Optional[str] = None) -> pathlib.Path:
+        """Write the best (by checkpoint.best_metric) or final model in Hugging Face format (to output_dir/export)."""
+        which = which or self.config.checkpoint.export
+        folder = pathlib.Path(folder or self.output_dir / EXPORT)
+        params, step, metrics = self.state.params, int(self.state.step), {}
+        if which == "best":
+            self.checkpoints.wait()
+            best = self.checkpoints.best_step()
+            if best is not None:
+                metrics = self.checkpoints.read_meta(best)["metrics"]
+                if best != step:
+                    params, step = self.checkpoints.restore_params(best, abstract(self.state.params)), best
+        info = {k: v for k, v in self._meta(step, metrics).items() if k not in ("model_config", "num_devices", "mesh")}
+        export_model(folder, params, self.model_config, label_names=self.raw.label_names,
+                     is_regression=self.raw.is_regression, tokenizer=self.tokenizer, info=info)
+        why = f"best by {self.best_metric}={metrics[self.best_metric]:.4f}" if metrics else "final"
+        log.info("exported the model of step %d (%s) to %s", step, why, folder)
+        return folder
 
     def _batch_spec(self, rows: int, length: int, regression: bool) -> dict:
         spec = {k: jax.ShapeDtypeStruct((rows, length) if k != "weights" else (rows,), dt,
@@ -228,13 +394,25 @@ class Trainer:
                 yield epoch, b, batch
 
     def train(self) -> dict[str, Any]:
-        t = self.config.train
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        """Train to the end (or until SIGTERM), checkpointing on the way; returns the summary.
+
+        After SIGTERM it saves a checkpoint at the next step boundary and returns
+        {"preempted": True, "global_step": N} without a summary.json: rerunning continues the run.
+        """
+        t, c = self.config.train, self.config.checkpoint
+        step = int(self.state.step)
+        done = self.output_dir / "summary.json"
+        if step == self.total_steps and done.is_file():
+            log.info("this run had already finished (%s); nothing to do", done)
+            return json.loads(done.read_text(encoding="utf-8"))
+        (self.output_dir / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
         if jax.process_index() == 0:
             (self.output_dir / "config.yaml").write_text(self.config.to_yaml(), encoding="utf-8")
-            (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
+            if self.resumed_step is None:
+                (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
+            else:
+                self._trim_metrics_log(step)
         writer = RunWriter(self.output_dir)
-        step = int(self.state.step)
         log.info("training %d steps (%d per epoch) on %d devices %s; buckets %s", self.total_steps,
                  self.steps_per_epoch, jax.device_count(), dict(self.mesh.shape), self.boundaries)
         from tqdm.auto import tqdm
@@ -244,8 +422,10 @@ class Trainer:
         tally = Tally(self.splits["train"].lengths)
         pending: list[dict] = []      # device metrics not yet read: read at log points only
         eval_metrics: dict[str, float] = {}
+        self.checkpoint_seconds = 0.0
+        preempted = False
         try:
-            with CompileCounter() as compiles:
+            with CompileCounter() as compiles, PreemptionGuard() as sigterm:
                 for epoch, b, batch in self._train_batches(step):
                     self.state, m = self._train_exec(b.length)(self.state, batch)
                     pending.append(m)
@@ -255,21 +435,41 @@ class Trainer:
                     if step % t.log_every_steps == 0 or step == self.total_steps:
                         self._log_train(step, epoch, pending, writer, bar, tally.examples / tally.train_seconds())
                         pending = []
+                    last = step == self.total_steps
                     end_of_epoch = step % self.steps_per_epoch == 0
-                    if end_of_epoch or step == self.total_steps or (t.eval_every_steps and step % t.eval_every_steps == 0):
+                    evaluated = end_of_epoch or last or bool(t.eval_every_steps and step % t.eval_every_steps == 0)
+                    if evaluated:
                         with tally.pause():  # evaluation time is not training time
                             eval_metrics = self._evaluate_all(step, epoch + 1, writer)
+                    preempted = not last and (sigterm.requested or self.checkpoints.reached_preemption(step))
+                    if preempted:
+                        log.warning("preemption notice (SIGTERM): saving a checkpoint at step %d, then stopping", step)
+                    if end_of_epoch or last or preempted or (c.every_steps and step % c.every_steps == 0):
+                        with tally.pause():  # only the device-to-host copy blocks; the write is in the background
+                            self._save(step, eval_metrics if evaluated else {})
+                    if preempted:
+                        break
         finally:
             bar.close()  # ends the bar's line, so an error message starts on its own line
+            self.checkpoints.wait()  # a checkpoint being written is committed before we stop, whatever happened
+        if preempted:
+            writer.close()
+            log.warning("preempted at step %d; checkpoint saved in %s; rerun the same command to resume",
+                        step, self.checkpoints.path(step))
+            return {"preempted": True, "global_step": step}
         train_seconds = tally.train_seconds()
+        if not eval_metrics and self.resumed_step == step:  # stopped after its last checkpoint, before the summary
+            eval_metrics = self.evaluate()
+        export_dir = self.export() if c.export != "none" else None
         summary = {
             **eval_metrics,
             "global_step": step,
             "epochs": step / self.steps_per_epoch,
             "train_examples": len(self.splits["train"]),
             "train_seconds": train_seconds,
-            "eval_seconds": tally.paused_seconds,
+            "eval_seconds": tally.paused_seconds - self.checkpoint_seconds,
             "compile_seconds": self.compile_seconds,
+            "checkpoint_seconds": self.checkpoint_seconds,
             "train_samples_per_second": tally.examples / train_seconds,
             "train_tokens_per_second": tally.tokens / train_seconds,
             "padding_efficiency": tally.tokens / max(tally.slots, 1),
@@ -281,6 +481,9 @@ class Trainer:
             "mesh": dict(self.mesh.shape),
             "task": self.raw.task.name if self.raw.task else "custom",
             "model": str(self.config.model.name_or_path),
+            "resumed_from_step": self.resumed_step,
+            "best_checkpoint_step": self.checkpoints.best_step(),
+            "export": str(export_dir) if export_dir else None,
         }
         writer.close()
         if jax.process_index() == 0:

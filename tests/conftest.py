@@ -97,3 +97,24 @@ def toy_args(tiny_model, toy_data, out, *extra):
             "data.text_columns=[text]", "train.batch_size=16", "train.learning_rate=1e-3", "train.epochs=6",
             "train.warmup_ratio=0.0", "train.log_every_steps=4", f"data.cache_dir={out.parent / 'cache'}",
             f"output_dir={out}", *extra]
+
+
+def ckpt_args(tiny_model, toy_data, out, *extra):
+    """Toy run sized for checkpoint tests: one bucket (one compilation), 16 steps per epoch, a log line per step."""
+    return toy_args(tiny_model, toy_data, out, "data.bucket_boundaries=[48]", "train.log_every_steps=1", *extra)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_model, toy_data, tmp_path_factory):
+    """A finished 8-step toy run on all devices: checkpoints at steps 4 and 8 (both evaluated), the best exported.
+
+    Tests copy it before changing anything. Returns (run folder, final params as numpy)."""
+    from flaxft.config import load_config
+    from flaxft.trainer import Trainer
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    args = ckpt_args(tiny_model, toy_data, out, "train.max_steps=8", "checkpoint.every_steps=4",
+                     "train.eval_every_steps=4", "checkpoint.keep=5")
+    trainer = Trainer(load_config(args[1], args[2:]))
+    trainer.train()
+    return out, jax.device_get(trainer.state.params)

@@ -1,0 +1,193 @@
+"""Orbax checkpoints of the whole training state: written in the background, restorable on any mesh.
+
+Layout: ``output_dir/checkpoints/<step>/`` holds three items,
+``params`` (the model), ``train`` (the rest of TrainState: step, optimizer state, RNG) and ``meta``
+(JSON: data position, resolved config, eval metrics, labels, buckets), plus Orbax's ``metrics``.
+Params are a separate item so that predict and export can restore them alone.
+
+Crash safety comes from Orbax's commit protocol: a step is written to
+``<step>.orbax-checkpoint-tmp-<time>/`` and renamed to ``<step>/`` only when complete, so a process
+killed mid-write leaves a temporary folder that is never listed (and is removed at the next start).
+
+Restoring takes an abstract target whose leaves carry the *current* mesh's shardings
+(``jax.ShapeDtypeStruct(..., sharding=...)``): a checkpoint saved on 8 devices restores onto 1, 4,
+or another mesh layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+import re
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+from flaxft.errors import FlaxftError
+
+log = logging.getLogger("flaxft")
+logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes at INFO
+
+CHECKPOINTS = "checkpoints"
+TMP_MARK = ".orbax-checkpoint-tmp"
+
+
+def _type_registry():
+    """Orbax's jax.Array handler without replica-parallel writes: those slice replicated arrays with
+    one small XLA compilation per array and replica at the first save; one replica writing is plenty
+    for a BERT-sized state, and training then compiles nothing but its steps."""
+    return ocp.type_handlers.create_type_handler_registry(
+        (jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False)))
+
+
+def _pytree_restore(target):
+    """Restore into `target`'s shapes, dtypes and (new) shardings."""
+    return ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+
+
+def default_best_metric(task, is_regression: bool) -> str:
+    """The task's headline metric: Matthews correlation for CoLA, Pearson for regression, else accuracy."""
+    if is_regression:
+        return "eval_pearson"
+    if task is not None and task.metric == "cola":
+        return "eval_matthews_correlation"
+    return "eval_accuracy"
+
+
+def abstract(tree):
+    """Shape, dtype and sharding of every leaf: the restore target for the current mesh."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def split_state(state) -> tuple[Any, dict]:
+    """TrainState -> (params, every other field): params are saved as their own item."""
+    rest = {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if f.name != "params"}
+    return state.params, rest
+
+
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def locate(path: str | pathlib.Path) -> tuple[pathlib.Path, Optional[int]]:
+    """`checkpoint.resume_from` -> (checkpoints folder, step or None for its latest).
+
+    Accepts a step folder (``run/checkpoints/120``), a checkpoints folder, or a run folder.
+    """
+    p = pathlib.Path(path).expanduser()
+    if not p.is_dir():
+        raise FlaxftError(f"checkpoint.resume_from: '{path}' is not a folder; give a run folder, its checkpoints/ "
+                          "folder or one step folder such as run/checkpoints/120")
+    if TMP_MARK in p.name:
+        raise FlaxftError(f"checkpoint.resume_from: '{path}' is a half-written checkpoint; give a finished one")
+    if re.fullmatch(r"\d+", p.name) and (p / "params").is_dir():
+        return p.parent, int(p.name)
+    if (p / CHECKPOINTS).is_dir():
+        return p / CHECKPOINTS, None
+    return p, None
+
+
+class Checkpoints:
+    """A small wrapper over ``ocp.CheckpointManager``: keep the latest `keep` plus the best by `best_metric`."""
+
+    def __init__(self, directory: pathlib.Path, *, keep: int = 2, best_metric: Optional[str] = None,
+                 async_save: bool = True, read_only: bool = False):
+        self.directory = pathlib.Path(directory).absolute()
+        self.best_metric = best_metric
+        policies: list = [pp.LatestN(keep)]
+        best = {}
+        if best_metric:
+            mode = "min" if best_metric.endswith("loss") else "max"
+            get = lambda m: m[best_metric]  # noqa: E731
+            policies.append(pp.BestN(get_metric_fn=get, reverse=mode == "min", n=1,
+                                     keep_checkpoints_without_metrics=False))
+            best = {"best_fn": get, "best_mode": mode}
+        # read_only is ours (save refuses), not Orbax's: its read-only mode only adds log warnings.
+        self.read_only = read_only
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=pp.AnyPreservationPolicy(policies), **best, enable_async_checkpointing=async_save,
+            create=False, cleanup_tmp_directories=not read_only)  # removes what a killed run left half-written
+        registry = _type_registry()
+        handlers = {name: ocp.PyTreeCheckpointHandler(type_handler_registry=registry) for name in ("params", "train")}
+        self._mngr = ocp.CheckpointManager(self.directory, options=options,
+                                           item_handlers={**handlers, "meta": ocp.JsonCheckpointHandler()})
+
+    # -------------------------------------------------------------- listing
+
+    def steps(self) -> list[int]:
+        return list(self._mngr.all_steps())
+
+    def latest_step(self) -> Optional[int]:
+        return self._mngr.latest_step()
+
+    def best_step(self) -> Optional[int]:
+        """The best step by best_metric among checkpoints with metrics; None if none has any."""
+        if not self.best_metric:
+            return None
+        return self._mngr.best_step()
+
+    def path(self, step: int) -> pathlib.Path:
+        return self.directory / str(step)
+
+    # -------------------------------------------------------------- saving
+
+    def save(self, step: int, state, meta: dict, metrics: Optional[dict] = None) -> bool:
+        """Start writing `state` at `step` (returns once the arrays are copied off the devices)."""
+        assert not self.read_only, "this Checkpoints was opened read-only"
+        if step in self.steps():
+            return False  # already saved (e.g. the last step of a run being rerun)
+        if metrics and self.best_metric and self.best_metric not in metrics:
+            raise FlaxftError(f"checkpoint.best_metric={self.best_metric} is not an evaluation metric of this task; "
+                              f"use one of {', '.join(sorted(metrics))}")
+        params, rest = split_state(state)
+        args = ocp.args.Composite(params=ocp.args.PyTreeSave(params), train=ocp.args.PyTreeSave(rest),
+                                  meta=ocp.args.JsonSave(meta))
+        return self._mngr.save(step, args=args, metrics=metrics or None, force=True)
+
+    def wait(self) -> None:
+        """Block until background writes are committed (and old checkpoints removed)."""
+        self._mngr.wait_until_finished()
+
+    def close(self) -> None:
+        self._mngr.close()
+
+    def reached_preemption(self, step: int) -> bool:
+        """Multi-host Cloud TPU: whether JAX's preemption service says all hosts should save and stop now."""
+        return jax.process_count() > 1 and self._mngr.reached_preemption(step)
+
+    # -------------------------------------------------------------- restoring
+
+    def read_meta(self, step: int) -> dict:
+        try:
+            meta = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many kinds; all mean "unreadable"
+            raise self._corrupt(step, e) from None
+        if not isinstance(meta, dict) or "step" not in meta:
+            raise self._corrupt(step, ValueError("its meta item is not flaxft metadata"))
+        return meta
+
+    def restore(self, step: int, target) -> Any:
+        """The TrainState saved at `step`, laid out like `target` (a TrainState of arrays or abstract leaves)."""
+        params, rest = split_state(abstract(target))
+        try:
+            out = self._mngr.restore(step, args=ocp.args.Composite(params=_pytree_restore(params),
+                                                                   train=_pytree_restore(rest)))
+        except Exception as e:  # noqa: BLE001
+            raise self._corrupt(step, e) from None
+        return target.replace(params=out.params, **out.train)
+
+    def restore_params(self, step: int, target) -> Any:
+        """Only the model parameters saved at `step` (predict and export need nothing else)."""
+        try:
+            return self._mngr.restore(step, args=ocp.args.Composite(params=_pytree_restore(abstract(target)))).params
+        except Exception as e:  # noqa: BLE001
+            raise self._corrupt(step, e) from None
+
+    def _corrupt(self, step: int, e: BaseException) -> FlaxftError:
+        return FlaxftError(f"checkpoint '{self.path(step)}' cannot be restored ({_reason(e)}); it is corrupt or "
+                           "from a different model: delete that step folder to fall back to an earlier checkpoint, "
+                           "or use a new output_dir")

@@ -1,0 +1,82 @@
+"""Write a trained model as a Hugging Face folder that transformers (PyTorch) and flaxft both load.
+
+    export/
+      config.json          BertConfig + architectures, num_labels, id2label/label2id, problem_type
+      model.safetensors    BertForSequenceClassification weights (float32, torch layout)
+      tokenizer.json ...   the tokenizer the model was trained with
+      flaxft.json          what flaxft.predict needs beyond that: task, text columns, buckets, config, metrics
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+from typing import Optional
+
+import jax
+import safetensors.numpy
+
+from flaxft.errors import FlaxftError
+from flaxft.model.bert import BertConfig
+from flaxft.model.convert import SAFE_WEIGHTS, params_to_state_dict
+
+EXPORT = "export"
+INFO_FILE = "flaxft.json"
+
+
+def hf_config(model_config: BertConfig, label_names: Optional[tuple[str, ...]], is_regression: bool) -> dict:
+    """config.json for ``BertForSequenceClassification`` with the run's labels."""
+    names = ["LABEL_0"] if is_regression else list(label_names)
+    return {
+        **model_config.to_hf_dict(),
+        "architectures": ["BertForSequenceClassification"],
+        "num_labels": len(names),
+        "id2label": {str(i): n for i, n in enumerate(names)},
+        "label2id": {n: i for i, n in enumerate(names)},
+        "problem_type": "regression" if is_regression else "single_label_classification",
+        "dtype": "float32",
+    }
+
+
+def read_labels(folder: pathlib.Path) -> tuple[Optional[tuple[str, ...]], bool, int]:
+    """(label names, is_regression, num_labels) from a Hugging Face config.json."""
+    path = pathlib.Path(folder) / "config.json"
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise FlaxftError(f"'{path}' is missing or not JSON ({e}); point at an exported model folder") from None
+    id2label = d.get("id2label") or {}
+    num_labels = len(id2label) or int(d.get("num_labels", 2))
+    if d.get("problem_type") == "regression" or num_labels == 1:
+        return None, True, 1
+    names = [id2label.get(str(i), id2label.get(i, f"LABEL_{i}")) for i in range(num_labels)]
+    return tuple(names), False, num_labels
+
+
+def export_model(folder: pathlib.Path, params, model_config: BertConfig, *, label_names, is_regression: bool,
+                 tokenizer, info: dict) -> pathlib.Path:
+    """Write `folder` (replacing an older export only once the new one is complete). Process 0 writes."""
+    if jax.process_count() > 1:  # gather sharded weights to every host; process 0 writes them
+        from jax.experimental import multihost_utils
+
+        params = multihost_utils.process_allgather(params, tiled=True)
+    state_dict = params_to_state_dict(params)
+    if jax.process_index() != 0:
+        return folder
+    folder = pathlib.Path(folder)
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    for stale in (tmp, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    # "format": "pt" is what transformers expects in a safetensors header.
+    safetensors.numpy.save_file(state_dict, str(tmp / SAFE_WEIGHTS), metadata={"format": "pt"})
+    (tmp / "config.json").write_text(json.dumps(hf_config(model_config, label_names, is_regression), indent=2) + "\n")
+    tokenizer.save_pretrained(str(tmp))
+    (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder

@@ -1,0 +1,256 @@
+"""`python -m flaxft.predict --model RUN_OR_EXPORT [--split NAME ... | --file FILE] [key=value ...]`
+
+Predictions from a training run folder (its best checkpoint, or --checkpoint latest|STEP) or from an
+exported Hugging Face folder, for splits of the training data (default: the test splits) or for a file
+of your own. Writes ``<split>.tsv`` (index, predicted label or value, class probabilities), GLUE
+submission files for GLUE test splits, and prints metrics when the data has labels.
+
+It runs the Trainer's own evaluation path: the trained length buckets (plus one more only if the inputs
+are longer), one ahead-of-time compilation per bucket at most.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import math
+import pathlib
+import sys
+from typing import Optional
+
+from flaxft.checkpoint import CHECKPOINTS, Checkpoints, default_best_metric
+from flaxft.cli import run_main
+from flaxft.config import Config, load_config
+from flaxft.data.loading import (RawData, _as_int, _dataset, _missing, _pick_text_columns, _read_file, _texts,
+                                 load_splits)
+from flaxft.data.tasks import get_task
+from flaxft.errors import FlaxftError
+from flaxft.export import EXPORT, INFO_FILE, read_labels
+
+log = logging.getLogger("flaxft")
+
+USAGE = ("python -m flaxft.predict --model RUN_OR_EXPORT [--split NAME ... | --file FILE] [--output-dir DIR] "
+         "[--checkpoint best|latest|STEP] [key=value ...] [--debug]")
+# GLUE server file names; it wants label names for these tasks and class ids for the others.
+GLUE_FILES = {("cola", "test"): "CoLA", ("sst2", "test"): "SST-2", ("mrpc", "test"): "MRPC", ("stsb", "test"): "STS-B",
+              ("qqp", "test"): "QQP", ("mnli", "test_matched"): "MNLI-m", ("mnli", "test_mismatched"): "MNLI-mm",
+              ("qnli", "test"): "QNLI", ("rte", "test"): "RTE", ("wnli", "test"): "WNLI"}
+NAMED_LABELS = ("mnli", "qnli", "rte")
+
+
+@dataclasses.dataclass
+class Source:
+    """Where the model comes from: its config, what training knew (labels, text columns, buckets), its weights."""
+    config: Config
+    info: dict
+    params_from: Optional[tuple[Checkpoints, int]]
+    description: str
+
+
+def _overridden(overrides: list[str], key: str) -> bool:
+    return any(o.split("=", 1)[0].strip() == key for o in overrides)
+
+
+def _config(saved: dict, overrides: list[str], model: Optional[dict] = None) -> Config:
+    """The training config on this machine's devices (default mesh), with `model` keys set, then the overrides."""
+    base = {k: v for k, v in saved.items() if k not in ("mesh", "distributed")}
+    base["model"] = {**base.get("model", {}), **(model or {})}
+    return load_config(base=base, overrides=overrides)
+
+
+def open_model(path: str, overrides: list[str], checkpoint: str = "best") -> Source:
+    """A training run folder (config.yaml + checkpoints/) or an exported model folder (config.json + weights)."""
+    p = pathlib.Path(path).expanduser()
+    if not p.is_dir():
+        raise FlaxftError(f"--model: folder '{path}' does not exist; give a training output_dir or its export/ folder")
+    if (p / "config.json").is_file():
+        info_file = p / INFO_FILE
+        try:
+            info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+        except ValueError as e:
+            raise FlaxftError(f"'{info_file}' is not JSON ({e}); re-export the model") from None
+        names, is_regression, num_labels = read_labels(p)
+        info = {**info, "label_names": list(names) if names else None, "is_regression": is_regression,
+                "num_labels": num_labels}
+        cfg = _config(info.get("config") or {}, overrides, model={"name_or_path": str(p), "random_init": False})
+        return Source(cfg, info, None, f"exported model {p}")
+    if (p / CHECKPOINTS).is_dir():
+        if not (p / "config.yaml").is_file():
+            raise FlaxftError(f"--model: '{p}' has checkpoints/ but no config.yaml; is it a flaxft output_dir?")
+        cfg = _config(load_config(p / "config.yaml").to_dict(), overrides)
+        latest = Checkpoints(p / CHECKPOINTS, read_only=True).latest_step()
+        if latest is None:
+            raise FlaxftError(f"--model: '{p / CHECKPOINTS}' holds no finished checkpoint; train first")
+        probe = Checkpoints(p / CHECKPOINTS, read_only=True).read_meta(latest)
+        task = get_task(probe["task"]) if probe.get("task") else None  # the default best metric depends on it
+        ckpts = Checkpoints(p / CHECKPOINTS, read_only=True,
+                            best_metric=cfg.checkpoint.best_metric or default_best_metric(task, probe["is_regression"]))
+        if checkpoint == "best":
+            step = ckpts.best_step() or latest
+        elif checkpoint == "latest":
+            step = latest
+        elif checkpoint.isdigit() and int(checkpoint) in ckpts.steps():
+            step = int(checkpoint)
+        else:
+            raise FlaxftError(f"--checkpoint {checkpoint}: use best, latest or one of the steps {ckpts.steps()}")
+        meta = ckpts.read_meta(step) if step != latest else probe
+        return Source(cfg, meta, (ckpts, step), f"checkpoint {ckpts.path(step)}")
+    raise FlaxftError(f"--model: '{p}' is neither an exported model (no config.json) nor a flaxft run folder "
+                      "(no checkpoints/); give the output_dir of a training run or its export/ folder")
+
+
+# ------------------------------------------------------------------ data
+
+
+def _file_data(file: str, source: Source, overrides: list[str]) -> RawData:
+    """Your own file (.csv, .tsv, .json, .jsonl, .parquet): the model's text columns, labels optional."""
+    path = pathlib.Path(file).expanduser()
+    if not path.is_file():
+        raise FlaxftError(f"--file: '{file}' not found; check the path")
+    cfg, info = source.config, source.info
+    table = _read_file("test_file", str(path))
+    wanted = cfg.data.text_columns if _overridden(overrides, "data.text_columns") else info.get("text_columns")
+    columns = tuple(wanted) if wanted else _pick_text_columns(None, table, str(path))
+    missing = [c for c in columns if c not in table]
+    if missing:
+        raise FlaxftError(f"{file}: no column {missing[0]!r} (columns: {', '.join(table)}); the model reads "
+                          f"[{','.join(columns)}]: rename the file's columns or set data.text_columns=[...]")
+    texts = {c: _texts(table[c], c, str(path)) for c in columns}
+    n = len(texts[columns[0]])
+    names = info.get("label_names")
+    labels = [_label(v, names, info["is_regression"], file, row)
+              for row, v in enumerate(table.get(cfg.data.label_column) or [None] * n, 1)]
+    task = get_task(info["task"]) if info.get("task") else None
+    return RawData(splits={path.stem: _dataset(texts, labels, info["is_regression"], file)}, text_columns=columns,
+                   label_names=tuple(names) if names else None, is_regression=info["is_regression"],
+                   num_labels=info["num_labels"], task=task, eval_splits=(), test_splits=(), source=str(path))
+
+
+def _label(value, names, is_regression: bool, file: str, row: int):
+    """A label cell as a class id (by name, or by id) or a float; -1 / NaN when empty."""
+    if _missing(value):
+        return math.nan if is_regression else -1
+    if is_regression:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise FlaxftError(f"{file}, row {row}: label {value!r} is not a number") from None
+    text = str(value).strip()
+    if text in names:
+        return names.index(text)
+    class_id = _as_int(value)
+    if class_id is None or not 0 <= class_id < len(names):
+        raise FlaxftError(f"{file}, row {row}: label {value!r} is not one of {', '.join(names)} or 0..{len(names) - 1}")
+    return class_id
+
+
+def _split_data(splits: list[str], source: Source) -> RawData:
+    """Splits of the training data (data.* of the run; override data.path if it moved)."""
+    raw = load_splits(source.config.data)
+    wanted = splits or list(raw.test_splits)
+    if not wanted:
+        raise FlaxftError(f"the data has no test split (splits: {', '.join(raw.splits)}); "
+                          "pass --split validation or --file FILE")
+    for name in wanted:
+        if name not in raw.splits:
+            raise FlaxftError(f"--split {name}: no such split; available: {', '.join(raw.splits)}")
+    if raw.num_labels != source.info["num_labels"]:
+        raise FlaxftError(f"the data has {raw.num_labels} classes but the model predicts {source.info['num_labels']}")
+    return dataclasses.replace(raw, splits={n: raw.splits[n] for n in wanted})
+
+
+# ------------------------------------------------------------------ output
+
+
+def _write_tsv(path: pathlib.Path, header: list[str], rows) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def _glue_value(prediction, raw: RawData):
+    """A score with 3 decimals (STS-B), a label name (MNLI, QNLI, RTE) or a class id (the rest)."""
+    if raw.is_regression:
+        return f"{prediction:.3f}"
+    return raw.label_names[prediction] if raw.task.name in NAMED_LABELS else int(prediction)
+
+
+def write_predictions(out_dir: pathlib.Path, name: str, pred, raw: RawData) -> list[pathlib.Path]:
+    """<name>.tsv with every prediction, and the GLUE submission file when `name` is a GLUE test split."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / f"{name}.tsv"]
+    if raw.is_regression:
+        _write_tsv(written[0], ["index", "prediction"], ((i, f"{v:.6f}") for i, v in enumerate(pred.predictions)))
+    else:
+        names = raw.label_names or tuple(f"LABEL_{i}" for i in range(raw.num_labels))
+        _write_tsv(written[0], ["index", "prediction", *(f"prob_{n}" for n in names)],
+                   ((i, names[c], *(f"{p:.6f}" for p in probs))
+                    for i, (c, probs) in enumerate(zip(pred.predictions, pred.probabilities))))
+    glue = GLUE_FILES.get((raw.task.name, name)) if raw.task else None
+    if glue:
+        written.append(out_dir / "glue" / f"{glue}.tsv")
+        written[-1].parent.mkdir(exist_ok=True)
+        _write_tsv(written[-1], ["index", "prediction"],
+                   ((i, _glue_value(v, raw)) for i, v in enumerate(pred.predictions)))
+    if pred.metrics:
+        written.append(out_dir / f"{name}_metrics.json")
+        written[-1].write_text(json.dumps(pred.metrics, indent=2) + "\n")
+    return written
+
+
+def predict(model: str, *, splits: list[str] = (), file: Optional[str] = None, output_dir: Optional[str] = None,
+            checkpoint: str = "best", overrides: list[str] = ()) -> dict:
+    """Predict and write the files; returns {split: PredictionOutput} plus "compilations" and "files"."""
+    from flaxft.trainer import CompileCounter, Trainer  # heavy imports after the arguments are checked
+
+    if file and splits:
+        raise FlaxftError("give --split or --file, not both")
+    source = open_model(model, list(overrides), checkpoint)
+    raw = _file_data(file, source, list(overrides)) if file else _split_data(list(splits), source)
+    log.info("predicting %s with the %s", ", ".join(raw.splits), source.description)
+    trainer = Trainer(source.config, raw=raw, predict_only=True, boundaries=source.info.get("buckets"),
+                      params_from=source.params_from)
+    p = pathlib.Path(model).expanduser()
+    run_dir = p.parent if p.name == EXPORT and (p.parent / "config.yaml").is_file() else p
+    out_dir = pathlib.Path(output_dir) if output_dir else run_dir / "predictions"
+    results, files = {}, []
+    with CompileCounter() as compiles:
+        for name in raw.splits:
+            results[name] = trainer.predict(name)
+            files += write_predictions(out_dir, name, results[name], raw)
+    return {**results, "compilations": compiles.count, "buckets": trainer.boundaries, "files": files}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flaxft.predict", usage=USAGE, description=__doc__.split("\n\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True,
+                        help="a training output_dir (uses its checkpoints) or an export/ folder")
+    parser.add_argument("--split", action="append", default=[],
+                        help="split to predict (repeatable; default: the test splits)")
+    parser.add_argument("--file", help="your own .csv/.tsv/.json/.jsonl/.parquet file with the model's text columns")
+    parser.add_argument("--output-dir", help="where predictions go (default: RUN/predictions)")
+    parser.add_argument("--checkpoint", default="best", help="run folder only: best (default), latest or a step number")
+    parser.add_argument("overrides", nargs="*",
+                        help="config overrides, e.g. data.path=../glue/MRPC train.eval_batch_size=64")
+    args = parser.parse_args(argv)
+    out = predict(args.model, splits=args.split, file=args.file, output_dir=args.output_dir,
+                  checkpoint=args.checkpoint, overrides=args.overrides)
+    for name, pred in out.items():
+        if hasattr(pred, "metrics") and pred.metrics:
+            print(f"{name}: " + " ".join(f"{k}={v:.4f}" for k, v in pred.metrics.items()))
+    log.info("%d compilation(s) for buckets %s", out["compilations"], out["buckets"])
+    print("wrote " + " ".join(str(f) for f in out["files"]))
+    return 0
+
+
+def cli() -> None:
+    sys.exit(run_main(main))
+
+
+if __name__ == "__main__":
+    cli()
