@@ -3,7 +3,7 @@ import pathlib
 import pytest
 import yaml
 
-from flaxft.config import Config, help_text, load_config
+from flaxft.config import Config, all_keys, help_text, load_config
 from flaxft.errors import FlaxftError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -88,3 +88,9 @@ def test_help_lists_every_key():
                 "train.batch_size", "train.learning_rate", "train.seed"]:
         assert f"  {key} " in text
     assert Config().train.seed == 42
+
+
+def test_readme_documents_every_config_key():
+    readme = (ROOT / "README.md").read_text()
+    for key in all_keys():
+        assert f"| `{key}` |" in readme, f"README's configuration reference lacks {key}"
