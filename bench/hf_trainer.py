@@ -28,22 +28,14 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import run_parser  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--task", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--glue", required=True, help="folder holding the GLUE task folders (MRPC, SST-2, ...)")
-    p.add_argument("--epochs", type=float, default=3)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--max-eval-samples", type=int)
+    p = run_parser(__doc__.splitlines()[0])
     p.add_argument("--max-seq-length", type=int, default=128)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup-ratio", type=float, default=0.1)
-    p.add_argument("--out", required=True, help="result JSON")
     return p.parse_args(argv)
 
 
