@@ -18,7 +18,6 @@ import time
 
 LAUNCH = float(os.environ.get("BENCH_LAUNCH_TIME", time.time()))  # the driver's clock when it started us
 
-import argparse
 import json
 import math
 import pathlib

@@ -205,7 +205,8 @@ def write_predictions(out_dir: pathlib.Path, name: str, pred, raw: RawData) -> l
 def predict(model: str, *, splits: list[str] = (), file: Optional[str] = None, output_dir: Optional[str] = None,
             checkpoint: str = "best", overrides: list[str] = ()) -> dict:
     """Predict and write the files; returns {split: PredictionOutput} plus "compilations" and "files"."""
-    from flaxft.trainer import CompileCounter, Trainer  # heavy imports after the arguments are checked
+    from flaxft.monitoring import CompileCounter
+    from flaxft.trainer import Trainer  # heavy imports after the arguments are checked
 
     if file and splits:
         raise FlaxftError("give --split or --file, not both")

@@ -10,15 +10,12 @@ is the step alone, so a rerun on the same output_dir continues exactly where the
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import math
 import pathlib
-import signal
-import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -27,10 +24,17 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.special
 from flax import traverse_util
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from flaxft import metrics as glue_metrics
-from flaxft.checkpoint import CHECKPOINTS, Checkpoints, abstract, default_best_metric, locate
+from flaxft.checkpoint import (
+    CHECKPOINTS,
+    Checkpoints,
+    abstract,
+    default_best_metric,
+    locate,
+)
 from flaxft.config import Config
 from flaxft.data import buckets
 from flaxft.data.loading import RawData, load_splits
@@ -41,6 +45,7 @@ from flaxft.export import EXPORT, export_model
 from flaxft.hub import resolve_model
 from flaxft.model.bert import BertForSequenceClassification
 from flaxft.model.convert import load_pretrained, param_shapes, read_config
+from flaxft.monitoring import CompileCounter, PreemptionGuard, Tally
 from flaxft.optim import make_optimizer
 from flaxft.parallel import batch_sharding, check_batch_size, make_mesh, tree_shardings
 from flaxft.reporting import RunWriter, write_json_atomic
@@ -48,7 +53,6 @@ from flaxft.steps import TrainState, eval_step, train_step
 
 log = logging.getLogger("flaxft")
 
-BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 BATCH_KEYS = {"input_ids": np.int32, "token_type_ids": np.int32, "attention_mask": np.int32,
               "weights": np.float32}
 
@@ -67,75 +71,6 @@ class PredictionOutput:
     probabilities: Optional[np.ndarray]  # softmax of logits (classification only)
     label_ids: Optional[np.ndarray]
     metrics: dict[str, float]
-
-
-class CompileCounter:
-    """Counts XLA backend compilations while active: proof that steps compile once per bucket."""
-
-    def __init__(self):
-        self.count = 0
-
-    def _listen(self, event: str, duration: float, **_):
-        if event == BACKEND_COMPILE_EVENT:
-            self.count += 1
-
-    def __enter__(self):
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-        return self
-
-    def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self._listen)
-
-
-class Tally:
-    """Host-side counts of what was trained (from the batch plan: no device sync) and the loop's clock."""
-
-    def __init__(self, lengths: np.ndarray):
-        self.lengths = lengths
-        self.examples = self.tokens = self.slots = 0
-        self.paused_seconds = 0.0
-        self.start = time.perf_counter()
-
-    def add(self, b: buckets.Batch) -> None:
-        real = b.indices[b.indices != buckets.FILLER]
-        self.examples += len(real)
-        self.tokens += int(self.lengths[real].sum())
-        self.slots += b.length * len(b.indices)
-
-    def train_seconds(self) -> float:
-        return time.perf_counter() - self.start - self.paused_seconds
-
-    @contextlib.contextmanager
-    def pause(self):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.paused_seconds += time.perf_counter() - start
-
-
-class PreemptionGuard:
-    """SIGTERM (sent by Cloud TPU before preempting a spot VM) -> a flag the loop reads at step boundaries.
-
-    Installed on the main thread of a single process only: on a multi-host slice JAX's preemption
-    service catches the signal and every host learns at the same step (Checkpoints.reached_preemption).
-    """
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True  # only a flag: the loop acts (and logs) at the next step boundary
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 class Trainer:
@@ -420,6 +355,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=step, desc="train", unit="step",
                    disable=jax.process_index() != 0, dynamic_ncols=True, mininterval=2.0)
         tally = Tally(self.splits["train"].lengths)
+        first_step_seconds = None
         pending: list[dict] = []      # device metrics not yet read: read at log points only
         eval_metrics: dict[str, float] = {}
         self.checkpoint_seconds = 0.0
@@ -429,6 +365,9 @@ class Trainer:
                 for epoch, b, batch in self._train_batches(step):
                     self.state, m = self._train_exec(b.length)(self.state, batch)
                     pending.append(m)
+                    if first_step_seconds is None:  # one sync, for time-to-first-step (load + compile + step)
+                        jax.block_until_ready(m)
+                        first_step_seconds = tally.train_seconds()
                     tally.add(b)
                     step += 1
                     bar.update(1)
@@ -469,6 +408,7 @@ class Trainer:
             "train_seconds": train_seconds,
             "eval_seconds": tally.paused_seconds - self.checkpoint_seconds,
             "compile_seconds": self.compile_seconds,
+            "first_step_seconds": first_step_seconds,
             "checkpoint_seconds": self.checkpoint_seconds,
             "train_samples_per_second": tally.examples / train_seconds,
             "train_tokens_per_second": tally.tokens / train_seconds,

@@ -14,7 +14,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import textwrap
 
 import pytest
 

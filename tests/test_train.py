@@ -30,6 +30,7 @@ def test_cli_trains_evaluates_and_reports(tiny_model, toy_data, tmp_path):
     n_buckets = len(summary["buckets"])
     assert 1 <= summary["train_compilations"] <= n_buckets and summary["eval_compilations"] <= n_buckets
     assert summary["observed_compilations"] == summary["train_compilations"] + summary["eval_compilations"]
+    assert 0 < summary["first_step_seconds"] < summary["train_seconds"]
     assert summary["padding_efficiency"] > 0.6  # toy data: 256 examples, several part-filled batches
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train_events = [e for e in events if "loss" in e]

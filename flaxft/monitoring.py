@@ -1,0 +1,84 @@
+"""Instruments of the train loop: what it compiled, what it trained on, and whether to stop."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+
+import jax
+import numpy as np
+
+from flaxft.data import buckets
+
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+class CompileCounter:
+    """Counts XLA backend compilations while active: proof that steps compile once per bucket."""
+
+    def __init__(self):
+        self.count = 0
+
+    def _listen(self, event: str, duration: float, **_):
+        if event == BACKEND_COMPILE_EVENT:
+            self.count += 1
+
+    def __enter__(self):
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
+class Tally:
+    """Host-side counts of what was trained (from the batch plan: no device sync) and the loop's clock."""
+
+    def __init__(self, lengths: np.ndarray):
+        self.lengths = lengths
+        self.examples = self.tokens = self.slots = 0
+        self.paused_seconds = 0.0
+        self.start = time.perf_counter()
+
+    def add(self, b: buckets.Batch) -> None:
+        real = b.indices[b.indices != buckets.FILLER]
+        self.examples += len(real)
+        self.tokens += int(self.lengths[real].sum())
+        self.slots += b.length * len(b.indices)
+
+    def train_seconds(self) -> float:
+        return time.perf_counter() - self.start - self.paused_seconds
+
+    @contextlib.contextmanager
+    def pause(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_seconds += time.perf_counter() - start
+
+
+class PreemptionGuard:
+    """SIGTERM (sent by Cloud TPU before preempting a spot VM) -> a flag the loop reads at step boundaries.
+
+    Installed on the main thread of a single process only: on a multi-host slice JAX's preemption
+    service catches the signal and every host learns at the same step (Checkpoints.reached_preemption).
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True  # only a flag: the loop acts (and logs) at the next step boundary
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
