@@ -71,6 +71,8 @@ class TrainConfig:
     eval_every_steps: Optional[int] = _field(None, "Also evaluate every N steps (always at each epoch end).")
     log_every_steps: int = _field(10, "Sync and log training loss every N steps.")
     prefetch: int = _field(2, "Batches prepared ahead on a background thread and put on the devices.")
+    compilation_cache: Optional[str] = _field(
+        "~/.cache/flaxft/xla", "Persistent XLA compilation cache folder (null: off); an identical rerun compiles nothing.")
 
 
 @dataclasses.dataclass
@@ -306,10 +308,23 @@ def validate(cfg: Config) -> None:
         need(size == -1 or size >= 1, f"mesh.{axis}={size} must be a positive size or -1")
 
 
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def markdown_reference() -> str:
+    """The README's configuration table: `python -c "import flaxft.config as c; print(c.markdown_reference())"`."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for key, f in all_keys().items():
+        d = _default(f)
+        shown = "null" if d is None else str(d).lower() if isinstance(d, bool) else d
+        rows.append(f"| `{key}` | `{shown}` | {f.metadata['help']} |")
+    return "\n".join(rows)
+
+
 def help_text() -> str:
     """The config reference printed by `--help` (and pasted into the README)."""
     lines = []
     for key, f in all_keys().items():
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        lines.append(f"  {key:<26} {f.metadata['help']} (default: {default})")
+        lines.append(f"  {key:<26} {f.metadata['help']} (default: {_default(f)})")
     return "\n".join(lines)

@@ -45,7 +45,7 @@ from flaxft.export import EXPORT, export_model
 from flaxft.hub import resolve_model
 from flaxft.model.bert import BertForSequenceClassification
 from flaxft.model.convert import load_pretrained, param_shapes, read_config
-from flaxft.monitoring import CompileCounter, PreemptionGuard, Tally
+from flaxft.monitoring import CompileCounter, PreemptionGuard, Tally, enable_compilation_cache
 from flaxft.optim import make_optimizer
 from flaxft.parallel import batch_sharding, check_batch_size, make_mesh, tree_shardings
 from flaxft.reporting import RunWriter, write_json_atomic
@@ -96,6 +96,7 @@ class Trainer:
         self.compute_metrics = compute_metrics
         self.predict_only = predict_only
         self.output_dir = pathlib.Path(cfg.output_dir)
+        enable_compilation_cache(cfg.train.compilation_cache)
         self.mesh = make_mesh(cfg.mesh)
         if not predict_only:
             check_batch_size(cfg.train.batch_size, self.mesh, micro_batches=cfg.train.grad_accum_steps)
@@ -417,6 +418,7 @@ class Trainer:
             "train_compilations": len(self._train_execs),
             "eval_compilations": len(self._eval_execs),
             "observed_compilations": compiles.count,
+            "compile_cache_hits": compiles.cache_hits,
             "num_devices": jax.device_count(),
             "mesh": dict(self.mesh.shape),
             "task": self.raw.task.name if self.raw.task else "custom",

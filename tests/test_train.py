@@ -1,6 +1,9 @@
 """End to end: the real CLI and Trainer on a tiny BERT, plus one short run on MiniLM + real MRPC."""
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -96,3 +99,20 @@ def test_real_minilm_on_real_mrpc_short_run(minilm_dir, glue_dir, tmp_path):
     assert summary["train_compilations"] <= len(summary["buckets"]) <= 4
     assert summary["observed_compilations"] == summary["train_compilations"] + summary["eval_compilations"]
     assert summary["train_examples"] == 3668
+
+
+def test_second_identical_run_compiles_nothing_new(tiny_model, toy_data, tmp_path):
+    """The persistent compilation cache: the rerun's step executables all come from disk."""
+    summaries = []
+    for run in ("first", "second"):
+        out = tmp_path / run
+        args = toy_args(tiny_model, toy_data, out, "train.max_steps=3", "data.bucket_boundaries=[64]",
+                        f"train.compilation_cache={tmp_path / 'xla'}", "checkpoint.export=none")
+        env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+        proc = subprocess.run([sys.executable, "-m", "flaxft.train", *args], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        summaries.append(json.loads((out / "summary.json").read_text()))
+    first, second = summaries
+    assert first["observed_compilations"] == 2 and first["compile_cache_hits"] == 0  # one train + one eval bucket
+    assert second["observed_compilations"] == 2 and second["compile_cache_hits"] == 2
+    assert second["compile_seconds"] < first["compile_seconds"]
