@@ -46,6 +46,10 @@ class DataConfig:
     num_buckets: int = _field(4, "Number of sequence-length buckets, chosen from the training lengths.")
     bucket_boundaries: Optional[list[int]] = _field(None, "Explicit bucket lengths (overrides num_buckets), e.g. [32,64,128].")
     pad_to_multiple_of: int = _field(8, "Bucket lengths are multiples of this.")
+    packing: bool = _field(False, "Train on packed rows: several examples per row of one length (one compiled train shape); "
+                                  "train.batch_size is then the mean number of examples per step.")
+    packed_length: Optional[int] = _field(None, "Packed row length (null: max_seq_length rounded up to pad_to_multiple_of).")
+    max_examples_per_row: int = _field(32, "Packing: at most this many examples share a row.")
     max_train_samples: Optional[int] = _field(None, "Use only the first N training examples.")
     max_eval_samples: Optional[int] = _field(None, "Use only the first N examples of each evaluation split.")
     cache_dir: Optional[str] = _field(None, "Tokenization cache folder (default ~/.cache/flaxft/tokenized).")
@@ -272,6 +276,8 @@ def validate(cfg: Config) -> None:
     need(8 <= d.max_seq_length <= 512, f"data.max_seq_length={d.max_seq_length} must be between 8 and 512")
     need(d.num_buckets >= 1, "data.num_buckets must be >= 1")
     need(d.pad_to_multiple_of >= 1, "data.pad_to_multiple_of must be >= 1")
+    need(d.packed_length is None or d.packed_length >= 8, "data.packed_length must be >= 8 (or null)")
+    need(d.max_examples_per_row >= 1, "data.max_examples_per_row must be >= 1")
     if d.bucket_boundaries is not None:
         b = d.bucket_boundaries
         need(len(b) > 0 and all(x > 0 for x in b) and b == sorted(set(b)),

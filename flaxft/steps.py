@@ -23,15 +23,18 @@ class TrainState:
 
 
 def forward(model, params, batch, *, rng=None) -> jax.Array:
-    """Logits [B, num_labels]; dropout is active when an rng is given."""
+    """Logits [B, num_labels], or [B, K, num_labels] for a packed batch (one per example slot);
+    dropout is active when an rng is given."""
     rngs = None if rng is None else {"dropout": rng}
+    packed = {k: batch[k] for k in ("position_ids", "segment_ids", "cls_index") if k in batch}
     return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                       deterministic=rng is None, rngs=rngs)
+                       **packed, deterministic=rng is None, rngs=rngs)
 
 
 def example_losses(logits: jax.Array, labels: jax.Array, is_regression: bool) -> jax.Array:
+    """Loss per example: labels [B] (or [B, K] packed) against logits [..., num_labels]."""
     if is_regression:
-        return jnp.square(logits[:, 0] - labels.astype(jnp.float32))
+        return jnp.square(logits[..., 0] - labels.astype(jnp.float32))
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
@@ -45,8 +48,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
                schedule: Callable, is_regression: bool, grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
     """One optimizer update on a global batch, optionally as a sum over micro-batches.
 
-    The loss is the mean over the real rows of the whole batch, so N micro-batches give the same
-    update as one batch N times larger.
+    The loss is the mean over the real examples of the whole batch (weights: one per row, or per
+    example slot [B, K] when packed), so N micro-batches give the same update as one batch N times larger.
     """
     step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     total_weight = jnp.maximum(jnp.sum(batch["weights"]), 1.0)

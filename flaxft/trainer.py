@@ -36,7 +36,7 @@ from flaxft.checkpoint import (
     locate,
 )
 from flaxft.config import Config
-from flaxft.data import buckets
+from flaxft.data import buckets, packing
 from flaxft.data.loading import RawData, load_splits
 from flaxft.data.pipeline import device_batches
 from flaxft.data.tokenize import TokenizedSplit, load_tokenizer, tokenize_split
@@ -47,7 +47,7 @@ from flaxft.model.bert import BertForSequenceClassification
 from flaxft.model.convert import load_pretrained, param_shapes, read_config
 from flaxft.monitoring import CompileCounter, PreemptionGuard, Tally, enable_compilation_cache
 from flaxft.optim import make_optimizer
-from flaxft.parallel import batch_sharding, check_batch_size, make_mesh, tree_shardings
+from flaxft.parallel import batch_sharding, check_batch_size, data_parallel_size, make_mesh, tree_shardings
 from flaxft.reporting import RunWriter, write_json_atomic
 from flaxft.steps import TrainState, eval_step, train_step
 
@@ -55,6 +55,8 @@ log = logging.getLogger("flaxft")
 
 BATCH_KEYS = {"input_ids": np.int32, "token_type_ids": np.int32, "attention_mask": np.int32,
               "weights": np.float32}
+PACKED_KEYS = {"segment_ids": np.int32, "position_ids": np.int32, "cls_index": np.int32}
+PER_EXAMPLE = ("weights", "cls_index", "labels")  # [rows], or [rows, slots] when packed; the rest is [rows, length]
 
 
 @dataclasses.dataclass
@@ -133,6 +135,7 @@ class Trainer:
                 params = self._restore_params(*params_from)
             self.state = self._init_state(params, with_optimizer=False)
             return
+        self.packing = self._pack() if cfg.data.packing else None
         self.steps_per_epoch = len(self._train_plan(0))
         self.total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * self.steps_per_epoch)
         self.tx, self.schedule = make_optimizer(cfg.train, self.total_steps)
@@ -159,8 +162,24 @@ class Trainer:
         return buckets.choose_boundaries(lengths, d.num_buckets, self.config.train.batch_size, d.pad_to_multiple_of,
                                          top)
 
+    def _pack(self) -> dict:
+        """Pack the training set once; each epoch then shuffles the rows (see flaxft.data.packing)."""
+        d, t = self.config.data, self.config.train
+        length = d.packed_length or int(buckets.round_up(d.max_seq_length, d.pad_to_multiple_of))
+        self.packed_rows = packing.pack(self.splits["train"].lengths, length, d.max_examples_per_row, seed=t.seed)
+        rows = packing.rows_per_step(self.packed_rows, t.batch_size,
+                                     data_parallel_size(self.mesh) * t.grad_accum_steps)
+        info = {"packed_length": length, "max_examples_per_row": d.max_examples_per_row, "packed_rows_per_step": rows,
+                "examples_per_step_mean": len(self.splits["train"]) / len(self.packed_rows) * rows}
+        log.info("packing: %d training examples in %d rows of %d tokens; %d rows (about %.1f examples) per step",
+                 len(self.splits["train"]), len(self.packed_rows), length, rows, info["examples_per_step_mean"])
+        return info
+
     def _train_plan(self, epoch: int) -> list[buckets.Batch]:
         t = self.config.train
+        if self.packing:
+            return packing.plan_epoch(self.packed_rows, self.packing["packed_length"],
+                                      self.packing["packed_rows_per_step"], seed=t.seed, epoch=epoch)
         return buckets.plan_batches(self.splits["train"].lengths, self.boundaries, t.batch_size,
                                     shuffle=True, seed=t.seed, epoch=epoch)
 
@@ -198,7 +217,8 @@ class Trainer:
             "train_examples": len(self.splits["train"]), "metrics": metrics,
             "task": raw.task.name if raw.task else None, "label_names": list(raw.label_names or []) or None,
             "is_regression": raw.is_regression, "num_labels": raw.num_labels, "text_columns": list(raw.text_columns),
-            "buckets": self.boundaries, "num_devices": jax.device_count(), "mesh": dict(self.mesh.shape),
+            "buckets": self.boundaries, "packing": self.packing, "num_devices": jax.device_count(),
+            "mesh": dict(self.mesh.shape),
             "model_config": self.model_config.to_hf_dict(), "config": self.config.to_dict(),
         }
 
@@ -229,7 +249,7 @@ class Trainer:
         ours = {"task": raw.task.name if raw.task else None, "label_names": list(raw.label_names or []) or None,
                 "num_labels": raw.num_labels, "train.batch_size": t.batch_size, "train.seed": t.seed,
                 "data.max_seq_length": self.config.data.max_seq_length,
-                "buckets": self.boundaries, "train_examples": len(self.splits["train"]),
+                "buckets": self.boundaries, "packing": self.packing, "train_examples": len(self.splits["train"]),
                 "steps_per_epoch": self.steps_per_epoch, "model_config": self.model_config.to_hf_dict()}
         theirs = {**meta, "train.batch_size": saved_t.get("batch_size"), "train.seed": saved_t.get("seed"),
                   "data.max_seq_length": meta.get("config", {}).get("data", {}).get("max_seq_length")}
@@ -284,12 +304,13 @@ class Trainer:
         log.info("exported the model of step %d (%s) to %s", step, why, folder)
         return folder
 
-    def _batch_spec(self, rows: int, length: int, regression: bool) -> dict:
-        spec = {k: jax.ShapeDtypeStruct((rows, length) if k != "weights" else (rows,), dt,
-                                        sharding=self.batch_sharding) for k, dt in BATCH_KEYS.items()}
-        spec["labels"] = jax.ShapeDtypeStruct((rows,), np.float32 if regression else np.int32,
-                                              sharding=self.batch_sharding)
-        return spec
+    def _batch_spec(self, rows: int, length: int, regression: bool, slots: Optional[int] = None) -> dict:
+        """Abstract batch: per-example arrays are [rows], or [rows, slots] for packed rows."""
+        per_example = (rows,) if slots is None else (rows, slots)
+        keys = {**BATCH_KEYS, **PACKED_KEYS} if slots else dict(BATCH_KEYS)
+        keys["labels"] = np.float32 if regression else np.int32
+        return {k: jax.ShapeDtypeStruct(per_example if k in PER_EXAMPLE else (rows, length), dt,
+                                        sharding=self.batch_sharding) for k, dt in keys.items()}
 
     def _compile(self, cache: dict, length: int, jitted, *args) -> Any:
         """Ahead-of-time compile per bucket length: a shape outside the buckets is an error, never a recompile."""
@@ -305,7 +326,11 @@ class Trainer:
         jitted = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding),
                          out_shardings=(self.state_sharding, NamedSharding(self.mesh, P())), donate_argnums=(0,))
         abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state)
-        spec = self._batch_spec(self.config.train.batch_size, length, self.raw.is_regression)
+        if self.packing:
+            spec = self._batch_spec(self.packing["packed_rows_per_step"], length, self.raw.is_regression,
+                                    self.packing["max_examples_per_row"])
+        else:
+            spec = self._batch_spec(self.config.train.batch_size, length, self.raw.is_regression)
         return self._compile(self._train_execs, length, jitted, abstract_state, spec)
 
     def _eval_exec(self, length: int):
@@ -349,8 +374,9 @@ class Trainer:
             else:
                 self._trim_metrics_log(step)
         writer = RunWriter(self.output_dir)
-        log.info("training %d steps (%d per epoch) on %d devices %s; buckets %s", self.total_steps,
-                 self.steps_per_epoch, jax.device_count(), dict(self.mesh.shape), self.boundaries)
+        log.info("training %d steps (%d per epoch) on %d devices %s; %s", self.total_steps,
+                 self.steps_per_epoch, jax.device_count(), dict(self.mesh.shape),
+                 f"packed rows of {self.packing['packed_length']}" if self.packing else f"buckets {self.boundaries}")
         from tqdm.auto import tqdm
 
         bar = tqdm(total=self.total_steps, initial=step, desc="train", unit="step",
@@ -415,6 +441,7 @@ class Trainer:
             "train_tokens_per_second": tally.tokens / train_seconds,
             "padding_efficiency": tally.tokens / max(tally.slots, 1),
             "buckets": self.boundaries,
+            **(self.packing or {}),
             "train_compilations": len(self._train_execs),
             "eval_compilations": len(self._eval_execs),
             "observed_compilations": compiles.count,

@@ -67,7 +67,9 @@ def assign(lengths: np.ndarray, boundaries: list[int]) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Batch:
-    """One global batch: its bucket length and the example index of each row (FILLER = padding row)."""
+    """One global batch: its bucket length and the example index of each row (FILLER = padding row).
+
+    A packed batch (flaxft.data.packing) has indices [rows, slots]: the examples sharing each row."""
     length: int
     indices: np.ndarray
 
@@ -97,7 +99,7 @@ def plan_batches(lengths: np.ndarray, boundaries: list[int], batch_size: int, *,
 
 
 def padding_efficiency(lengths: np.ndarray, batches: list[Batch]) -> float:
-    """Real tokens / token slots over a list of batches (filler rows count as padding)."""
+    """Real tokens / token slots over a list of batches, bucketed or packed (fillers count as padding)."""
     slots = sum(b.length * len(b.indices) for b in batches)
     real = sum(int(lengths[b.indices[b.indices != FILLER]].sum()) for b in batches)
     return real / max(slots, 1)

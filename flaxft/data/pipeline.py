@@ -8,6 +8,7 @@ from typing import Iterator, Sequence
 
 import jax
 
+from flaxft.data import packing
 from flaxft.data.buckets import Batch
 from flaxft.data.tokenize import TokenizedSplit
 from flaxft.parallel import local_rows, put_batch
@@ -15,7 +16,8 @@ from flaxft.parallel import local_rows, put_batch
 
 def device_batches(split: TokenizedSplit, plan: Sequence[Batch], sharding, prefetch: int = 2,
                    pad_id: int = 0) -> Iterator[dict[str, jax.Array]]:
-    """Yield device-resident batches for `plan`, collated and transferred `prefetch` batches ahead."""
+    """Yield device-resident batches for `plan` (bucketed or packed), collated and transferred
+    `prefetch` batches ahead."""
     q: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
     done = object()
@@ -26,7 +28,8 @@ def device_batches(split: TokenizedSplit, plan: Sequence[Batch], sharding, prefe
                 if stop.is_set():
                     return
                 rows = b.indices[local_rows(sharding, len(b.indices))]  # only this host's share
-                q.put(put_batch(split.collate(rows, b.length, pad_id), sharding))
+                collate = packing.collate if rows.ndim == 2 else TokenizedSplit.collate
+                q.put(put_batch(collate(split, rows, b.length, pad_id), sharding))
             q.put(done)
         except BaseException as e:  # surface producer errors in the consumer
             q.put(e)

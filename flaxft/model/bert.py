@@ -214,9 +214,11 @@ class BertPooler(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x):
-        # HF "pools" by taking the hidden state of the first ([CLS]) token.
-        return jnp.tanh(_dense(self.config.hidden_size, self.config, self.dtype, "dense")(x[:, 0]))
+    def __call__(self, x, cls_index=None):
+        # HF "pools" by taking the hidden state of the first ([CLS]) token; a packed row has one
+        # [CLS] per example, at cls_index [B, K].
+        cls = x[:, 0] if cls_index is None else jnp.take_along_axis(x, cls_index[..., None], axis=1)
+        return jnp.tanh(_dense(self.config.hidden_size, self.config, self.dtype, "dense")(cls))
 
 
 class BertModule(nn.Module):
@@ -227,14 +229,15 @@ class BertModule(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask, token_type_ids, position_ids, segment_ids, deterministic):
+    def __call__(self, input_ids, attention_mask, token_type_ids, position_ids, segment_ids, cls_index,
+                 deterministic):
         x = BertEmbeddings(self.config, self.dtype, name="embeddings")(
             input_ids, token_type_ids, position_ids, deterministic
         )
         x = BertEncoder(self.config, self.dtype, self.remat, name="encoder")(
             x, attention_mask_to_bool(attention_mask, segment_ids), deterministic
         )
-        return BertPooler(self.config, self.dtype, name="pooler")(x)
+        return BertPooler(self.config, self.dtype, name="pooler")(x, cls_index)
 
 
 def attention_mask_to_bool(attention_mask, segment_ids=None):
@@ -254,6 +257,9 @@ def attention_mask_to_bool(attention_mask, segment_ids=None):
 class BertForSequenceClassification(nn.Module):
     """BERT + HF's classification head; returns float32 logits [batch, num_labels].
 
+    Packed rows (see flaxft.data.packing) pass `segment_ids`, `position_ids` and `cls_index` [batch, K],
+    the position of each example's [CLS] token: the logits are then per example, [batch, K, num_labels].
+
     num_labels == 1 means regression. `dtype` is the computation dtype; parameters are always
     float32. Dropout draws from the 'dropout' rng collection when `deterministic=False`.
     """
@@ -272,6 +278,7 @@ class BertForSequenceClassification(nn.Module):
         position_ids=None,
         *,
         segment_ids=None,
+        cls_index=None,
         deterministic: bool = True,
     ):
         if token_type_ids is None:
@@ -279,7 +286,7 @@ class BertForSequenceClassification(nn.Module):
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
         pooled = BertModule(self.config, self.dtype, self.remat, name="bert")(
-            input_ids, attention_mask, token_type_ids, position_ids, segment_ids, deterministic
+            input_ids, attention_mask, token_type_ids, position_ids, segment_ids, cls_index, deterministic
         )
         cfg = self.config
         rate = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob

@@ -1,0 +1,94 @@
+"""Sequence packing: several examples share one fixed-length row, so training compiles one shape.
+
+The training set is packed once (best-fit decreasing: near-optimal fill, deterministic for a seed)
+into rows of at most `slots` examples; each epoch shuffles the rows and groups them into batches
+of `rows_per_step` rows. The step count per epoch is therefore constant, and an epoch is a pure
+function of (seed, epoch), as the resumable train loop needs.
+
+A packed batch is a buckets.Batch whose `indices` are [rows, slots] example ids (FILLER = empty
+slot; a filler row has only empty slots).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from flaxft.data.buckets import FILLER, Batch
+from flaxft.data.tokenize import TokenizedSplit
+from flaxft.errors import FlaxftError
+
+
+def pack(lengths: np.ndarray, length: int, slots: int, seed: int = 0) -> np.ndarray:
+    """Rows [n_rows, slots] of example indices (FILLER-padded) holding every example exactly once.
+
+    Best-fit decreasing: longest examples first, each into the open row whose free space fits it
+    most tightly. The seed only breaks ties between equal lengths, so rows differ between seeds.
+    """
+    lengths = np.asarray(lengths)
+    if len(lengths) and lengths.max() > length:
+        raise FlaxftError(f"an example has {int(lengths.max())} tokens but data.packed_length is {length}; "
+                          f"raise data.packed_length to at least {int(lengths.max())}")
+    order = np.random.default_rng(seed).permutation(len(lengths))
+    order = order[np.argsort(-lengths[order], kind="stable")]
+    open_by_free: list[list[int]] = [[] for _ in range(length + 1)]  # row ids by free tokens
+    has_open = np.zeros(length + 1, bool)
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in order:
+        need = int(lengths[i])
+        fits = np.flatnonzero(has_open[need:])
+        if len(fits):
+            f = need + int(fits[0])
+            r = open_by_free[f].pop()
+            has_open[f] = bool(open_by_free[f])
+        else:
+            r = len(rows)
+            rows.append([])
+            free.append(length)
+        rows[r].append(int(i))
+        free[r] -= need
+        if len(rows[r]) < slots and free[r] > 0:  # still room for another example
+            open_by_free[free[r]].append(r)
+            has_open[free[r]] = True
+    out = np.full((len(rows), slots), FILLER, dtype=np.int64)
+    for r, members in enumerate(rows):
+        out[r, :len(members)] = members
+    return out
+
+
+def rows_per_step(rows: np.ndarray, batch_size: int, multiple: int) -> int:
+    """Rows per step so that a step holds about `batch_size` examples (the learning rate is tuned per
+    example count), as a multiple of `multiple` (data-parallel devices x micro-batches)."""
+    per_row = (rows != FILLER).sum() / max(len(rows), 1)
+    return max(multiple, int(round(batch_size / per_row / multiple)) * multiple)
+
+
+def plan_epoch(rows: np.ndarray, length: int, batch_rows: int, *, seed: int, epoch: int) -> list[Batch]:
+    """This epoch's batches: the packed rows shuffled by (seed, epoch); filler rows top up the last."""
+    order = rows[np.random.default_rng([seed, epoch]).permutation(len(rows))]
+    n = -(-len(order) // batch_rows) * batch_rows
+    order = np.concatenate([order, np.full((n - len(order), rows.shape[1]), FILLER, dtype=rows.dtype)])
+    return [Batch(length, order[s:s + batch_rows]) for s in range(0, n, batch_rows)]
+
+
+def collate(split: TokenizedSplit, rows: np.ndarray, length: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """Packed arrays: [R, L] tokens with segment_ids (1..k per example, 0 = padding) and positions
+    restarting at 0 per example; [R, K] cls_index (each example's first token), labels and weights."""
+    n_rows, slots = rows.shape
+    batch = {k: np.zeros((n_rows, length), np.int32)
+             for k in ("input_ids", "token_type_ids", "attention_mask", "segment_ids", "position_ids")}
+    batch["input_ids"][:] = pad_id
+    cls_index = np.zeros((n_rows, slots), np.int32)
+    real = rows != FILLER
+    for r, k in zip(*np.nonzero(real)):
+        a, b = split.offsets[rows[r, k]], split.offsets[rows[r, k] + 1]
+        start = cls_index[r, k] = (batch["attention_mask"][r] > 0).sum()
+        span = slice(start, start + b - a)
+        batch["input_ids"][r, span] = split.ids[a:b]
+        batch["token_type_ids"][r, span] = split.type_ids[a:b]
+        batch["attention_mask"][r, span] = 1
+        batch["segment_ids"][r, span] = k + 1
+        batch["position_ids"][r, span] = np.arange(b - a)
+    labels = np.where(real, split.labels[np.where(real, rows, 0)], 0).astype(split.labels.dtype)
+    labels = np.nan_to_num(labels) if labels.dtype.kind == "f" else np.maximum(labels, 0)
+    return {**batch, "cls_index": cls_index, "labels": labels, "weights": real.astype(np.float32)}
