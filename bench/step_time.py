@@ -1,0 +1,67 @@
+"""Time flaxft's jitted train step alone (no data pipeline), per dtype and dropout setting.
+
+    python bench/step_time.py --model DIR [--batch-size 32 --length 64 --steps 10]
+
+Prints one markdown row per configuration: seconds per step and examples/s, with the same
+train_step, optimizer and model code as a real run, on one device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from flaxft.config import TrainConfig  # noqa: E402
+from flaxft.model import BertForSequenceClassification, load_pretrained  # noqa: E402
+from flaxft.optim import make_optimizer  # noqa: E402
+from flaxft.steps import TrainState, train_step  # noqa: E402
+
+
+def time_step(model_dir, dtype: str, dropout: bool, batch: int, length: int, steps: int) -> float:
+    cfg, params = load_pretrained(model_dir, 2, rng=jax.random.key(0))
+    if not dropout:
+        cfg = dataclasses.replace(cfg, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = BertForSequenceClassification(cfg, 2, dtype=jnp.dtype(dtype))
+    tx, schedule = make_optimizer(TrainConfig(), 1000)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                       rng=jax.random.key_data(jax.random.key(1)))
+    data = {"input_ids": jnp.full((batch, length), 1000, jnp.int32),
+            "token_type_ids": jnp.zeros((batch, length), jnp.int32),
+            "attention_mask": jnp.ones((batch, length), jnp.int32),
+            "labels": jnp.zeros((batch,), jnp.int32), "weights": jnp.ones((batch,), jnp.float32)}
+    step = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, is_regression=False),
+                   donate_argnums=0)
+    state, m = step(state, data)  # compile + warm up
+    jax.block_until_ready(m)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, m = step(state, data)
+    jax.block_until_ready(m)
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--length", type=int, default=64)
+    p.add_argument("--steps", type=int, default=10)
+    args = p.parse_args()
+    print(f"| dtype | dropout | s/step (B={args.batch_size}, L={args.length}) | examples/s |")
+    print("| --- | --- | ---: | ---: |")
+    for dtype, dropout in (("float32", True), ("float32", False), ("bfloat16", True)):
+        sec = time_step(args.model, dtype, dropout, args.batch_size, args.length, args.steps)
+        print(f"| {dtype} | {'on' if dropout else 'off'} | {sec:.3f} | {args.batch_size / sec:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
