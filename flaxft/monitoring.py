@@ -24,7 +24,7 @@ def enable_compilation_cache(folder: str | None) -> None:
     """
     if folder:
         jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(folder).expanduser()))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # every step executable, however fast
 
 
 class CompileCounter:

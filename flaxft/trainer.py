@@ -312,35 +312,41 @@ class Trainer:
         return {k: jax.ShapeDtypeStruct(per_example if k in PER_EXAMPLE else (rows, length), dt,
                                         sharding=self.batch_sharding) for k, dt in keys.items()}
 
-    def _compile(self, cache: dict, length: int, jitted, *args) -> Any:
-        """Ahead-of-time compile per bucket length: a shape outside the buckets is an error, never a recompile."""
+    def _compile(self, cache: dict, length: int, build: Callable[[], tuple]) -> Any:
+        """Ahead-of-time compile per bucket length: a shape outside the buckets is an error, never a recompile.
+
+        `build() -> (jitted, *abstract_args)` runs only on a miss, so the hot loop pays a dict lookup.
+        """
         if length not in cache:
             start = time.perf_counter()
+            jitted, *args = build()
             cache[length] = jitted.lower(*args).compile()
             self.compile_seconds += time.perf_counter() - start
         return cache[length]
 
     def _train_exec(self, length: int):
-        step = functools.partial(train_step, model=self.model, tx=self.tx, schedule=self.schedule,
-                                 is_regression=self.raw.is_regression, grad_accum_steps=self.config.train.grad_accum_steps)
-        jitted = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding),
-                         out_shardings=(self.state_sharding, NamedSharding(self.mesh, P())), donate_argnums=(0,))
-        abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state)
-        if self.packing:
-            spec = self._batch_spec(self.packing["packed_rows_per_step"], length, self.raw.is_regression,
-                                    self.packing["max_examples_per_row"])
-        else:
-            spec = self._batch_spec(self.config.train.batch_size, length, self.raw.is_regression)
-        return self._compile(self._train_execs, length, jitted, abstract_state, spec)
+        def build():
+            step = functools.partial(train_step, model=self.model, tx=self.tx, schedule=self.schedule,
+                                     is_regression=self.raw.is_regression,
+                                     grad_accum_steps=self.config.train.grad_accum_steps)
+            jitted = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding),
+                             out_shardings=(self.state_sharding, NamedSharding(self.mesh, P())), donate_argnums=(0,))
+            if self.packing:
+                spec = self._batch_spec(self.packing["packed_rows_per_step"], length, self.raw.is_regression,
+                                        self.packing["max_examples_per_row"])
+            else:
+                spec = self._batch_spec(self.config.train.batch_size, length, self.raw.is_regression)
+            return jitted, abstract(self.state), spec
+        return self._compile(self._train_execs, length, build)
 
     def _eval_exec(self, length: int):
-        jitted = jax.jit(functools.partial(eval_step, model=self.model, is_regression=self.raw.is_regression),
-                         in_shardings=(self.state_sharding.params, self.batch_sharding),
-                         out_shardings=NamedSharding(self.mesh, P()))
-        abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                                       self.state.params)
-        spec = self._batch_spec(self.eval_batch_size, length, self.raw.is_regression)
-        return self._compile(self._eval_execs, length, jitted, abstract_params, spec)
+        def build():
+            jitted = jax.jit(functools.partial(eval_step, model=self.model, is_regression=self.raw.is_regression),
+                             in_shardings=(self.state_sharding.params, self.batch_sharding),
+                             out_shardings=NamedSharding(self.mesh, P()))
+            return jitted, abstract(self.state.params), self._batch_spec(self.eval_batch_size, length,
+                                                                         self.raw.is_regression)
+        return self._compile(self._eval_execs, length, build)
 
     # ------------------------------------------------------------------ training
 
