@@ -29,6 +29,7 @@ from common import run_parser  # noqa: E402  (bench/ is on sys.path when run as 
 def parse_args(argv=None):
     p = run_parser(__doc__.splitlines()[0])
     p.add_argument("--fixed-length", type=int, help="pad every batch to this length (one bucket)")
+    p.add_argument("--packing", action="store_true", help="train on packed rows (data.packing=true)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--output-dir", help="flaxft output_dir (default: next to --out)")
     return p.parse_args(argv)
@@ -44,18 +45,19 @@ def overrides(args, glue_folder: str, output_dir: str) -> list[str]:
         o.append(f"data.max_eval_samples={args.max_eval_samples}")
     if args.fixed_length:
         o.append(f"data.bucket_boundaries=[{args.fixed_length}]")
+    if args.packing:
+        o.append("data.packing=true")
     return o
 
 
 def trained_batches(trainer):
     """(real lengths, padded length, rows) of every batch the run trained on: the same plan Trainer.train()
-    follows (each epoch's plan is a pure function of seed and epoch), cut at total_steps."""
+    follows (each epoch's plan, bucketed or packed, is a pure function of seed and epoch), cut at total_steps."""
     from flaxft.data import buckets
 
-    lengths, t = trainer.splits["train"].lengths, trainer.config.train
-    left = trainer.total_steps
+    lengths, left = trainer.splits["train"].lengths, trainer.total_steps
     for epoch in range(math.ceil(trainer.total_steps / trainer.steps_per_epoch)):
-        plan = buckets.plan_batches(lengths, trainer.boundaries, t.batch_size, shuffle=True, seed=t.seed, epoch=epoch)
+        plan = trainer._train_plan(epoch)
         for b in plan[:left]:
             yield lengths[b.indices[b.indices != buckets.FILLER]], b.length, len(b.indices)
         left -= len(plan)
@@ -93,7 +95,8 @@ def main(argv=None) -> None:
     final_eval = [e for e in events if "eval_loss" in e][-1]
     metrics = {k[len("eval_"):]: v for k, v in final_eval.items() if k.startswith("eval_") and k != "eval_loss"}
     result = {
-        "system": f"flaxft fixed-{args.fixed_length}" if args.fixed_length else "flaxft buckets",
+        "system": (f"flaxft fixed-{args.fixed_length}" if args.fixed_length
+                   else "flaxft packed" if args.packing else "flaxft buckets"),
         "task": task.name, "seed": args.seed, "epochs": summary["epochs"], "global_step": summary["global_step"],
         "batch_size": args.batch_size, "learning_rate": args.lr, "dtype": args.dtype,
         "train_seconds": summary["train_seconds"],
