@@ -24,8 +24,10 @@ from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from flaxft import storage
 from flaxft.errors import FlaxftError
 
 log = logging.getLogger("flaxft")
@@ -73,12 +75,12 @@ def _reason(e: BaseException) -> str:
     return text[:300] + ("..." if len(text) > 300 else "")
 
 
-def locate(path: str | pathlib.Path) -> tuple[pathlib.Path, Optional[int]]:
+def locate(path: str | pathlib.Path) -> tuple[epath.Path, Optional[int]]:
     """`checkpoint.resume_from` -> (checkpoints folder, step or None for its latest).
 
     Accepts a step folder (``run/checkpoints/120``), a checkpoints folder, or a run folder.
     """
-    p = pathlib.Path(path).expanduser()
+    p = storage.path(path)
     if not p.is_dir():
         raise FlaxftError(f"checkpoint.resume_from: '{path}' is not a folder; give a run folder, its checkpoints/ "
                           "folder or one step folder such as run/checkpoints/120")
@@ -94,9 +96,9 @@ def locate(path: str | pathlib.Path) -> tuple[pathlib.Path, Optional[int]]:
 class Checkpoints:
     """A small wrapper over ``ocp.CheckpointManager``: keep the latest `keep` plus the best by `best_metric`."""
 
-    def __init__(self, directory: pathlib.Path, *, keep: int = 2, best_metric: Optional[str] = None,
+    def __init__(self, directory: str | pathlib.Path | epath.Path, *, keep: int = 2, best_metric: Optional[str] = None,
                  async_save: bool = True, read_only: bool = False):
-        self.directory = pathlib.Path(directory).absolute()
+        self.directory = storage.path(directory)  # a local folder or gs://bucket/run/checkpoints
         self.best_metric = best_metric
         policies: list = [pp.LatestN(keep)]
         best = {}
@@ -130,7 +132,7 @@ class Checkpoints:
             return None
         return self._mngr.best_step()
 
-    def path(self, step: int) -> pathlib.Path:
+    def path(self, step: int) -> epath.Path:
         return self.directory / str(step)
 
     # -------------------------------------------------------------- saving

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import yaml
 
+from flaxft import storage
 from flaxft.errors import FlaxftError
 
 
@@ -107,7 +108,8 @@ class CheckpointConfig:
 
 @dataclasses.dataclass
 class Config:
-    output_dir: str = _field("outputs/run", "Where the resolved config, metrics, TensorBoard events, summary, checkpoints and export go.")
+    output_dir: str = _field("outputs/run", "Where the resolved config, metrics, TensorBoard events, summary, checkpoints and export go "
+                                            "(a local folder or gs://bucket/path; gs:// needs flaxft[gcs]).")
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -254,7 +256,7 @@ def load_config(path: Optional[str | pathlib.Path] = None, overrides: list[str] 
                 base: Optional[dict] = None) -> Config:
     """Config = defaults <- YAML file (and its bases) or `base` (a saved Config.to_dict()) <- key=value
     overrides, then validated."""
-    values = _read_yaml(pathlib.Path(path)) if path is not None else copy.deepcopy(base or {})
+    values = _read_yaml(storage.path(path)) if path is not None else copy.deepcopy(base or {})
     for text in overrides:
         keys, value = parse_override(text)
         node = values

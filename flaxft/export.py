@@ -5,6 +5,8 @@
       model.safetensors    BertForSequenceClassification weights (float32, torch layout)
       tokenizer.json ...   the tokenizer the model was trained with
       flaxft.json          what flaxft.predict needs beyond that: task, text columns, buckets, config, metrics
+
+The folder may be on Cloud Storage (gs://): it is written locally, then uploaded.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import json
 import os
 import pathlib
 import shutil
+import tempfile
 from typing import Optional
 
 import jax
 import safetensors.numpy
 
+from flaxft import storage
 from flaxft.errors import FlaxftError
 from flaxft.model.bert import BertConfig
 from flaxft.model.convert import SAFE_WEIGHTS, params_to_state_dict
@@ -55,9 +59,10 @@ def read_labels(folder: pathlib.Path) -> tuple[Optional[tuple[str, ...]], bool, 
     return tuple(names), False, num_labels
 
 
-def export_model(folder: pathlib.Path, params, model_config: BertConfig, *, label_names, is_regression: bool,
-                 tokenizer, info: dict) -> pathlib.Path:
-    """Write `folder` (replacing an older export only once the new one is complete). Process 0 writes."""
+def export_model(folder, params, model_config: BertConfig, *, label_names, is_regression: bool,
+                 tokenizer, info: dict):
+    """Write `folder` (a local path or gs:// URL), replacing an older export only once the new one is
+    complete. Process 0 writes."""
     if jax.process_count() > 1:  # gather sharded weights to every host; process 0 writes them
         from jax.experimental import multihost_utils
 
@@ -65,16 +70,28 @@ def export_model(folder: pathlib.Path, params, model_config: BertConfig, *, labe
     state_dict = params_to_state_dict(params)
     if jax.process_index() != 0:
         return folder
-    folder = pathlib.Path(folder)
+    folder = storage.path(folder)
+
+    def write(into: pathlib.Path) -> None:
+        into.mkdir(parents=True)
+        # "format": "pt" is what transformers expects in a safetensors header.
+        safetensors.numpy.save_file(state_dict, str(into / SAFE_WEIGHTS), metadata={"format": "pt"})
+        (into / "config.json").write_text(json.dumps(hf_config(model_config, label_names, is_regression), indent=2) + "\n")
+        tokenizer.save_pretrained(str(into))
+        (into / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+    if storage.is_remote(folder):
+        # No folder renames on object stores: config.json (what makes a folder a model) goes away first
+        # and comes back last, so a reader never takes a half-uploaded folder for a model.
+        with tempfile.TemporaryDirectory(prefix="flaxft-export-") as local:
+            write(pathlib.Path(local) / EXPORT)
+            (folder / "config.json").unlink(missing_ok=True)
+            storage.upload_tree(pathlib.Path(local) / EXPORT, folder, last=("config.json",))
+        return folder
     tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
     for stale in (tmp, old):
         shutil.rmtree(stale, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    # "format": "pt" is what transformers expects in a safetensors header.
-    safetensors.numpy.save_file(state_dict, str(tmp / SAFE_WEIGHTS), metadata={"format": "pt"})
-    (tmp / "config.json").write_text(json.dumps(hf_config(model_config, label_names, is_regression), indent=2) + "\n")
-    tokenizer.save_pretrained(str(tmp))
-    (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    write(pathlib.Path(tmp))
     if folder.exists():
         os.replace(folder, old)
     os.replace(tmp, folder)

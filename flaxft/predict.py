@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import dataclasses
 import json
 import logging
 import math
-import pathlib
 import sys
 from typing import Optional
 
+from flaxft import storage
 from flaxft.checkpoint import CHECKPOINTS, Checkpoints, default_best_metric
 from flaxft.cli import run_main
 from flaxft.config import Config, load_config
@@ -62,11 +63,13 @@ def _config(saved: dict, overrides: list[str], model: Optional[dict] = None) -> 
 
 
 def open_model(path: str, overrides: list[str], checkpoint: str = "best") -> Source:
-    """A training run folder (config.yaml + checkpoints/) or an exported model folder (config.json + weights)."""
-    p = pathlib.Path(path).expanduser()
+    """A training run folder (config.yaml + checkpoints/) or an exported model folder (config.json + weights),
+    local or on Cloud Storage (an exported model is then downloaded; checkpoints are read in place)."""
+    p = storage.path(path)
     if not p.is_dir():
         raise FlaxftError(f"--model: folder '{path}' does not exist; give a training output_dir or its export/ folder")
     if (p / "config.json").is_file():
+        p = storage.local_copy(p)  # the tokenizer and weights loaders read local files
         info_file = p / INFO_FILE
         try:
             info = json.loads(info_file.read_text()) if info_file.is_file() else {}
@@ -80,7 +83,7 @@ def open_model(path: str, overrides: list[str], checkpoint: str = "best") -> Sou
     if (p / CHECKPOINTS).is_dir():
         if not (p / "config.yaml").is_file():
             raise FlaxftError(f"--model: '{p}' has checkpoints/ but no config.yaml; is it a flaxft output_dir?")
-        cfg = _config(load_config(p / "config.yaml").to_dict(), overrides)
+        cfg = _config(load_config(p / "config.yaml").to_dict(), overrides)  # p may be a gs:// URL
         latest = Checkpoints(p / CHECKPOINTS, read_only=True).latest_step()
         if latest is None:
             raise FlaxftError(f"--model: '{p / CHECKPOINTS}' holds no finished checkpoint; train first")
@@ -107,7 +110,7 @@ def open_model(path: str, overrides: list[str], checkpoint: str = "best") -> Sou
 
 def _file_data(file: str, source: Source, overrides: list[str]) -> RawData:
     """Your own file (.csv, .tsv, .json, .jsonl, .parquet): the model's text columns, labels optional."""
-    path = pathlib.Path(file).expanduser()
+    path = storage.path(file)
     if not path.is_file():
         raise FlaxftError(f"--file: '{file}' not found; check the path")
     cfg, info = source.config, source.info
@@ -165,11 +168,12 @@ def _split_data(splits: list[str], source: Source) -> RawData:
 # ------------------------------------------------------------------ output
 
 
-def _write_tsv(path: pathlib.Path, header: list[str], rows) -> None:
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f, delimiter="\t", lineterminator="\n")
-        w.writerow(header)
-        w.writerows(rows)
+def _write_tsv(path, header: list[str], rows) -> None:
+    text = io.StringIO()
+    w = csv.writer(text, delimiter="\t", lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    storage.write_text(path, text.getvalue())
 
 
 def _glue_value(prediction, raw: RawData):
@@ -179,7 +183,7 @@ def _glue_value(prediction, raw: RawData):
     return raw.label_names[prediction] if raw.task.name in NAMED_LABELS else int(prediction)
 
 
-def write_predictions(out_dir: pathlib.Path, name: str, pred, raw: RawData) -> list[pathlib.Path]:
+def write_predictions(out_dir, name: str, pred, raw: RawData) -> list:
     """<name>.tsv with every prediction, and the GLUE submission file when `name` is a GLUE test split."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / f"{name}.tsv"]
@@ -198,7 +202,7 @@ def write_predictions(out_dir: pathlib.Path, name: str, pred, raw: RawData) -> l
                    ((i, _glue_value(v, raw)) for i, v in enumerate(pred.predictions)))
     if pred.metrics:
         written.append(out_dir / f"{name}_metrics.json")
-        written[-1].write_text(json.dumps(pred.metrics, indent=2) + "\n")
+        storage.write_text(written[-1], json.dumps(pred.metrics, indent=2) + "\n")
     return written
 
 
@@ -215,9 +219,9 @@ def predict(model: str, *, splits: list[str] = (), file: Optional[str] = None, o
     log.info("predicting %s with the %s", ", ".join(raw.splits), source.description)
     trainer = Trainer(source.config, raw=raw, predict_only=True, boundaries=source.info.get("buckets"),
                       params_from=source.params_from)
-    p = pathlib.Path(model).expanduser()
+    p = storage.path(model)
     run_dir = p.parent if p.name == EXPORT and (p.parent / "config.yaml").is_file() else p
-    out_dir = pathlib.Path(output_dir) if output_dir else run_dir / "predictions"
+    out_dir = storage.path(output_dir) if output_dir else run_dir / "predictions"
     results, files = {}, []
     with CompileCounter() as compiles:
         for name in raw.splits:

@@ -48,7 +48,8 @@ from flaxft.model.convert import load_pretrained, param_shapes, read_config
 from flaxft.monitoring import CompileCounter, PreemptionGuard, Tally, enable_compilation_cache
 from flaxft.optim import make_optimizer
 from flaxft.parallel import batch_sharding, check_batch_size, data_parallel_size, make_mesh, tree_shardings
-from flaxft.reporting import RunWriter, write_json_atomic
+from flaxft import storage
+from flaxft.reporting import RunWriter, write_json
 from flaxft.steps import TrainState, eval_step, train_step
 
 log = logging.getLogger("flaxft")
@@ -97,7 +98,7 @@ class Trainer:
         self.config = cfg = config
         self.compute_metrics = compute_metrics
         self.predict_only = predict_only
-        self.output_dir = pathlib.Path(cfg.output_dir)
+        self.output_dir = storage.path(cfg.output_dir)  # a local folder or gs://bucket/run
         enable_compilation_cache(cfg.train.compilation_cache)
         self.mesh = make_mesh(cfg.mesh)
         if not predict_only:
@@ -281,14 +282,12 @@ class Trainer:
                     kept.append(line + "\n")
             except (ValueError, KeyError, TypeError):
                 pass  # a line cut short by a killed process
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        tmp.replace(path)
+        storage.write_text(path, "".join(kept))
 
-    def export(self, folder: Optional[pathlib.Path] = None, which: Optional[str] = None) -> pathlib.Path:
+    def export(self, folder: Optional[str | pathlib.Path] = None, which: Optional[str] = None):
         """Write the best (by checkpoint.best_metric) or final model in Hugging Face format (to output_dir/export)."""
         which = which or self.config.checkpoint.export
-        folder = pathlib.Path(folder or self.output_dir / EXPORT)
+        folder = storage.path(folder) if folder else self.output_dir / EXPORT
         params, step, metrics = self.state.params, int(self.state.step), {}
         if which == "best":
             self.checkpoints.wait()
@@ -341,9 +340,12 @@ class Trainer:
 
     def _eval_exec(self, length: int):
         def build():
+            # Per-example outputs stay split like the batch rows: the host reads the shards, and no all-gather
+            # runs on the devices (XLA:CPU's in-process all-gather could stall for good, in tests, while other
+            # programs were queued). Several processes need every row on each host: replicate there.
+            rows = self.batch_sharding if jax.process_count() == 1 else NamedSharding(self.mesh, P())
             jitted = jax.jit(functools.partial(eval_step, model=self.model, is_regression=self.raw.is_regression),
-                             in_shardings=(self.state_sharding.params, self.batch_sharding),
-                             out_shardings=NamedSharding(self.mesh, P()))
+                             in_shardings=(self.state_sharding.params, self.batch_sharding), out_shardings=rows)
             return jitted, abstract(self.state.params), self._batch_spec(self.eval_batch_size, length,
                                                                          self.raw.is_regression)
         return self._compile(self._eval_execs, length, build)
@@ -374,7 +376,7 @@ class Trainer:
             return json.loads(done.read_text(encoding="utf-8"))
         (self.output_dir / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
         if jax.process_index() == 0:
-            (self.output_dir / "config.yaml").write_text(self.config.to_yaml(), encoding="utf-8")
+            storage.write_text(self.output_dir / "config.yaml", self.config.to_yaml())
             if self.resumed_step is None:
                 (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
             else:
@@ -462,7 +464,7 @@ class Trainer:
         }
         writer.close()
         if jax.process_index() == 0:
-            write_json_atomic(self.output_dir / "summary.json", summary)
+            write_json(self.output_dir / "summary.json", summary)
         log.info("done: %s", {k: summary[k] for k in summary if k.startswith("eval_") or k.endswith("_per_second")})
         return summary
 
@@ -526,6 +528,7 @@ class Trainer:
         metrics = self.evaluate()
         if metrics:
             writer.write(step, {"epoch": epoch, **metrics})
+            writer.flush()  # a remote output_dir gets the log and TensorBoard events now
             log.info("eval @ step %d (epoch %d): %s", step, epoch, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return metrics
 

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import datasets
 import huggingface_hub
+from etils import epath
 
+from flaxft import storage
 from flaxft.data.tasks import TaskSpec, get_task
 from flaxft.errors import FlaxftError
 from flaxft.hub import hub_reachable
@@ -103,11 +105,12 @@ def load_splits(data) -> RawData:
 
 def _is_local(path: str) -> bool:
     """Whether data.path means a local folder (else it is a Hub dataset id like "nyu-mll/glue")."""
-    return Path(path).expanduser().exists() or path.startswith((".", "/", "~")) or not _HUB_ID.match(path)
+    return (storage.is_remote(path) or Path(path).expanduser().exists() or path.startswith((".", "/", "~"))
+            or not _HUB_ID.match(path))
 
 
-def _glue_folder(task: TaskSpec, path: str) -> Path:
-    folder = Path(path).expanduser()
+def _glue_folder(task: TaskSpec, path: str) -> epath.Path:
+    folder = storage.path(path)  # a local folder or gs://bucket/glue/MRPC
     if not folder.is_dir():
         raise FlaxftError(
             f"data.path: folder '{path}' does not exist; point data.path at the GLUE {task.folder} folder "
@@ -119,7 +122,7 @@ def _glue_folder(task: TaskSpec, path: str) -> Path:
     return folder
 
 
-def _load_glue_folder(task: TaskSpec, folder: Path) -> RawData:
+def _load_glue_folder(task: TaskSpec, folder: epath.Path) -> RawData:
     splits = {}
     for split, name in task.split_files.items():
         path = folder / name
@@ -292,7 +295,7 @@ def _raw_from_tables(tables: dict[str, dict], files: dict[str, str], text_column
 
 def _read_file(key: str, file: str) -> dict[str, list]:
     """Column name -> values of a .csv/.tsv/.json/.jsonl/.parquet file."""
-    path = Path(file).expanduser()
+    path = storage.path(file)
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise FlaxftError(
@@ -300,7 +303,7 @@ def _read_file(key: str, file: str) -> dict[str, list]:
         )
     if not path.is_file():
         raise FlaxftError(f"data.{key}: file '{file}' not found; check the path (relative to the current directory)")
-    if path.stat().st_size == 0:
+    if path.stat().length == 0:
         raise FlaxftError(f"data.{key}: file '{file}' is empty; it needs a header and at least one row")
     if fmt in ("csv", "tsv"):
         # csv module, not pandas: cells stay strings ("NA", "001") and bad rows are reported by line.
@@ -316,12 +319,12 @@ def _read_file(key: str, file: str) -> dict[str, list]:
         raise FlaxftError(f"data.{key}: cannot read '{file}' as {fmt} ({reason}); check the file's format") from e
 
 
-def _read_table(path: Path, delimiter: str, quoting: int, names=None) -> tuple[list[str], list[list[str]]]:
+def _read_table(path: epath.Path, delimiter: str, quoting: int, names=None) -> tuple[list[str], list[list[str]]]:
     """Header and rows of a delimited UTF-8 file (BOM allowed); every row must have as many fields as the
     header. `names` replaces a missing header row. Blank lines are skipped."""
     kind = "tab" if delimiter == "\t" else repr(delimiter)
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
+        with storage.open_text(path) as f:
             reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
             header = list(names) if names else next(reader, [])
             rows = []
