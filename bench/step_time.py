@@ -26,7 +26,8 @@ from flaxft.optim import make_optimizer  # noqa: E402
 from flaxft.steps import TrainState, train_step  # noqa: E402
 
 
-def time_step(model_dir, dtype: str, dropout: bool, batch: int, length: int, steps: int) -> float:
+def build_step(model_dir, dtype: str, dropout: bool, batch: int, length: int):
+    """(jitted train step, state, batch): MiniLM-sized state on one device, a batch of one length."""
     cfg, params = load_pretrained(model_dir, 2, rng=jax.random.key(0))
     if not dropout:
         cfg = dataclasses.replace(cfg, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -40,13 +41,25 @@ def time_step(model_dir, dtype: str, dropout: bool, batch: int, length: int, ste
             "labels": jnp.zeros((batch,), jnp.int32), "weights": jnp.ones((batch,), jnp.float32)}
     step = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, is_regression=False),
                    donate_argnums=0)
+    return step, state, data
+
+
+def time_step(model_dir, dtype: str, dropout: bool, batch: int, length: int, steps: int,
+              trace_dir: str | None = None) -> float:
+    """Seconds per step after one warm-up step; with `trace_dir`, the timed steps are profiled there."""
+    step, state, data = build_step(model_dir, dtype, dropout, batch, length)
     state, m = step(state, data)  # compile + warm up
     jax.block_until_ready(m)
+    if trace_dir:
+        jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
     start = time.perf_counter()
     for _ in range(steps):
         state, m = step(state, data)
     jax.block_until_ready(m)
-    return (time.perf_counter() - start) / steps
+    seconds = (time.perf_counter() - start) / steps
+    if trace_dir:
+        jax.profiler.stop_trace()
+    return seconds
 
 
 def main() -> None:
