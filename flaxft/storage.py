@@ -89,8 +89,8 @@ def download_tree(remote: epath.Path, local: pathlib.Path) -> None:
 
 
 def local_copy(p: epath.Path) -> pathlib.Path:
-    """A local folder holding remote folder `p` (downloaded once per URL into the flaxft cache);
-    a local `p` is returned as it is."""
+    """A local folder holding remote folder `p`, downloaded afresh into the flaxft cache (the remote folder
+    may have been replaced since); a local `p` is returned as it is."""
     if not is_remote(p):
         return pathlib.Path(p)
     cache = pathlib.Path(os.environ.get("FLAXFT_CACHE", pathlib.Path.home() / ".cache" / "flaxft")) / "remote"

@@ -28,6 +28,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from flaxft import metrics as glue_metrics
+from flaxft import storage
 from flaxft.checkpoint import (
     CHECKPOINTS,
     Checkpoints,
@@ -48,7 +49,6 @@ from flaxft.model.convert import load_pretrained, param_shapes, read_config
 from flaxft.monitoring import CompileCounter, PreemptionGuard, Tally, enable_compilation_cache
 from flaxft.optim import make_optimizer
 from flaxft.parallel import batch_sharding, check_batch_size, data_parallel_size, make_mesh, tree_shardings
-from flaxft import storage
 from flaxft.reporting import RunWriter, write_json
 from flaxft.steps import TrainState, eval_step, train_step
 

@@ -7,7 +7,6 @@ the same code paths as a real bucket: Orbax checkpoints, uploads of metrics/Tens
 
 import json
 import logging
-import os
 import pathlib
 import socket
 import subprocess
@@ -45,12 +44,11 @@ def gcs():
     else:
         server.kill()
         pytest.fail("the GCS emulator did not start")
-    saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL")}
-    os.environ.update(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url)
     logging.getLogger("gcsfs").setLevel(logging.ERROR)  # "no default credentials": expected with an emulator
-    yield f"gs://{BUCKET}"
-    for k, v in saved.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("STORAGE_EMULATOR_HOST", url)
+        env.setenv("TENSORSTORE_GCS_HTTP_URL", url)
+        yield f"gs://{BUCKET}"
     server.kill()
 
 
