@@ -106,6 +106,24 @@ def test_tiny_parity_safetensors(tiny, tmp_path, caplog):
     np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
 
 
+def test_tiny_gradient_parity(tiny, tmp_path):
+    """Every parameter's gradient equals PyTorch's, although the last layer computes only the [CLS] rows."""
+    tiny.save_pretrained(tmp_path)
+    config, params = load_pretrained(tmp_path, 3, rng=jax.random.key(0))
+    ids, mask, types = tiny_batch()
+    model = BertForSequenceClassification(config, 3)
+    grads = jax.jit(jax.grad(lambda p: (model.apply({"params": p}, ids, mask, types) ** 2).sum()))(params)
+    tiny.zero_grad()
+    logits = tiny(input_ids=torch.as_tensor(ids, dtype=torch.long), attention_mask=torch.as_tensor(mask),
+                  token_type_ids=torch.as_tensor(types, dtype=torch.long)).logits
+    (logits**2).sum().backward()
+    want = {k: p.grad.numpy() for k, p in tiny.named_parameters()}
+    got = params_to_state_dict(grads)
+    assert set(got) == set(want)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], atol=1e-4, rtol=1e-3, err_msg=key)
+
+
 def test_tiny_parity_torch_bin_loaded_without_torch(tiny, tmp_path):
     # What save_pretrained(safe_serialization=False) wrote before transformers 5 dropped it.
     tiny.config.save_pretrained(tmp_path)
@@ -309,21 +327,26 @@ def test_segment_ids_isolate_packed_examples(tiny_flax):
     config, params = tiny_flax
     model = BertForSequenceClassification(config, 3)
     a, b = np.array([2, 11, 12, 3]), np.array([2, 21, 3])
+    penultimate = f"layer_{config.num_hidden_layers - 2}"
 
     @jax.jit
-    def encoder_out(ids, mask, types, pos=None, seg=None):
+    def hidden_states(ids, mask, types, pos=None, seg=None, cls_index=None):
+        """(every token after the penultimate layer, the [CLS] rows the encoder returns)"""
         _, state = model.apply(
-            {"params": params}, ids, mask, types, pos, segment_ids=seg,
-            capture_intermediates=lambda mdl, _: mdl.name == "encoder",
+            {"params": params}, ids, mask, types, pos, segment_ids=seg, cls_index=cls_index,
+            capture_intermediates=lambda mdl, _: mdl.name in ("encoder", penultimate),
         )
-        (hidden,) = state["intermediates"]["bert"]["encoder"]["__call__"]
-        return hidden
+        encoder = state["intermediates"]["bert"]["encoder"]
+        return encoder[penultimate]["__call__"][0], encoder["__call__"][0]
 
     packed = np.array([[*a, *b, 0]])
     seg = np.array([[1, 1, 1, 1, 2, 2, 2, 0]])
     pos = np.array([[0, 1, 2, 3, 0, 1, 2, 0]])
-    hidden = encoder_out(packed, (seg > 0).astype(np.int32), np.zeros_like(packed), pos, seg)
-    alone_a = encoder_out(a[None], np.ones((1, 4), np.int32), np.zeros((1, 4), np.int32))
-    alone_b = encoder_out(b[None], np.ones((1, 3), np.int32), np.zeros((1, 3), np.int32))
+    hidden, cls = hidden_states(packed, (seg > 0).astype(np.int32), np.zeros_like(packed), pos, seg,
+                                np.array([[0, 4]]))
+    alone_a, cls_a = hidden_states(a[None], np.ones((1, 4), np.int32), np.zeros((1, 4), np.int32))
+    alone_b, cls_b = hidden_states(b[None], np.ones((1, 3), np.int32), np.zeros((1, 3), np.int32))
     np.testing.assert_allclose(hidden[0, :4], alone_a[0], atol=1e-5)
     np.testing.assert_allclose(hidden[0, 4:7], alone_b[0], atol=1e-5)
+    assert cls.shape == (1, 2, config.hidden_size) and cls_a.shape == (1, 1, config.hidden_size)
+    np.testing.assert_allclose(cls[0], np.concatenate([cls_a[0], cls_b[0]]), atol=1e-5)
