@@ -72,6 +72,8 @@ class TrainConfig:
     max_grad_norm: float = _field(1.0, "Clip gradients to this global norm (0 disables).")
     grad_accum_steps: int = _field(1, "Split each batch into N micro-batches and sum their gradients (same update, less memory).")
     seed: int = _field(42, "Seed for initialization, shuffling and dropout.")
+    dropout_rng: str = _field("hash", "Dropout mask bits: hash (counter-based hash, a quarter of threefry's cost) or threefry "
+                                      "(jax.random's default).")
     dtype: str = _field("float32", "Activation/matmul dtype: float32 or bfloat16 (weights stay float32).")
     eval_every_steps: Optional[int] = _field(None, "Also evaluate every N steps (always at each epoch end).")
     log_every_steps: int = _field(10, "Sync and log training loss every N steps.")
@@ -295,6 +297,7 @@ def validate(cfg: Config) -> None:
     need(t.log_every_steps >= 1, "train.log_every_steps must be >= 1")
     need(t.eval_every_steps is None or t.eval_every_steps >= 1, "train.eval_every_steps must be >= 1 or null")
     need(t.dtype in ("float32", "bfloat16"), f"train.dtype='{t.dtype}' is not supported; use float32 or bfloat16")
+    need(t.dropout_rng in ("hash", "threefry"), f"train.dropout_rng='{t.dropout_rng}' is not supported; use hash or threefry")
     need(t.prefetch >= 1, "train.prefetch must be >= 1")
     need(t.grad_accum_steps >= 1, "train.grad_accum_steps must be >= 1")
     need(t.batch_size % t.grad_accum_steps == 0,

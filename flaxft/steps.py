@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from flaxft.dropout_bits import dropout_key
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -19,7 +21,7 @@ class TrainState:
     step: jax.Array        # int32 scalar: optimizer steps taken
     params: Any
     opt_state: Any
-    rng: jax.Array         # raw uint32 key data (checkpoint-friendly); dropout key = fold_in(rng, step)
+    rng: jax.Array         # raw uint32[2] key data (checkpoint-friendly); dropout key = fold_in(rng, step)
 
 
 def forward(model, params, batch, *, rng=None) -> jax.Array:
@@ -45,13 +47,15 @@ def micro_batches(batch: dict, n: int) -> dict:
 
 
 def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
-               schedule: Callable, is_regression: bool, grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
+               schedule: Callable, is_regression: bool, grad_accum_steps: int = 1,
+               dropout_rng: str = "hash") -> tuple[TrainState, dict]:
     """One optimizer update on a global batch, optionally as a sum over micro-batches.
 
     The loss is the mean over the real examples of the whole batch (weights: one per row, or per
     example slot [B, K] when packed), so N micro-batches give the same update as one batch N times larger.
+    `dropout_rng` picks how dropout masks are drawn (flaxft.dropout_bits).
     """
-    step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    step_rng = jax.random.fold_in(dropout_key(state.rng, dropout_rng), state.step)
     total_weight = jnp.maximum(jnp.sum(batch["weights"]), 1.0)
 
     def loss_fn(params, micro, rng):

@@ -327,7 +327,8 @@ class Trainer:
         def build():
             step = functools.partial(train_step, model=self.model, tx=self.tx, schedule=self.schedule,
                                      is_regression=self.raw.is_regression,
-                                     grad_accum_steps=self.config.train.grad_accum_steps)
+                                     grad_accum_steps=self.config.train.grad_accum_steps,
+                                     dropout_rng=self.config.train.dropout_rng)
             jitted = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding),
                              out_shardings=(self.state_sharding, NamedSharding(self.mesh, P())), donate_argnums=(0,))
             if self.packing:

@@ -158,8 +158,9 @@ def test_bfloat16_and_accumulation_run_end_to_end(tiny_model, toy_data, tmp_path
     from flaxft.train import main
 
     out = tmp_path / "bf16"
+    # 10 epochs: with 6, whether this tiny model leaves its plateau in time depends on the dropout draws
     args = toy_args(tiny_model, toy_data, out, "train.dtype=bfloat16", "train.grad_accum_steps=2",
-                    "train.epochs=6", "model.remat=true")
+                    "train.epochs=10", "model.remat=true")
     assert run_main(main, args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["eval_accuracy"] >= 0.9, summary
