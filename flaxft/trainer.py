@@ -164,23 +164,23 @@ class Trainer:
                                          top)
 
     def _pack(self) -> dict:
-        """Pack the training set once; each epoch then shuffles the rows (see flaxft.data.packing)."""
+        """The packed shape: row length, slots and rows per step (every epoch re-packs; see flaxft.data.packing)."""
         d, t = self.config.data, self.config.train
         length = d.packed_length or int(buckets.round_up(d.max_seq_length, d.pad_to_multiple_of))
-        self.packed_rows = packing.pack(self.splits["train"].lengths, length, d.max_examples_per_row, seed=t.seed)
-        rows = packing.rows_per_step(self.packed_rows, t.batch_size,
-                                     data_parallel_size(self.mesh) * t.grad_accum_steps)
+        packed = packing.pack(self.splits["train"].lengths, length, d.max_examples_per_row, seed=t.seed)
+        rows = packing.rows_per_step(packed, t.batch_size, data_parallel_size(self.mesh) * t.grad_accum_steps)
         info = {"packed_length": length, "max_examples_per_row": d.max_examples_per_row, "packed_rows_per_step": rows,
-                "examples_per_step_mean": len(self.splits["train"]) / len(self.packed_rows) * rows}
+                "examples_per_step_mean": len(self.splits["train"]) / len(packed) * rows}
         log.info("packing: %d training examples in %d rows of %d tokens; %d rows (about %.1f examples) per step",
-                 len(self.splits["train"]), len(self.packed_rows), length, rows, info["examples_per_step_mean"])
+                 len(self.splits["train"]), len(packed), length, rows, info["examples_per_step_mean"])
         return info
 
     def _train_plan(self, epoch: int) -> list[buckets.Batch]:
         t = self.config.train
         if self.packing:
-            return packing.plan_epoch(self.packed_rows, self.packing["packed_length"],
-                                      self.packing["packed_rows_per_step"], seed=t.seed, epoch=epoch)
+            return packing.plan_epoch(self.splits["train"].lengths, self.packing["packed_length"],
+                                      self.packing["max_examples_per_row"], self.packing["packed_rows_per_step"],
+                                      seed=t.seed, epoch=epoch)
         return buckets.plan_batches(self.splits["train"].lengths, self.boundaries, t.batch_size,
                                     shuffle=True, seed=t.seed, epoch=epoch)
 

@@ -39,19 +39,30 @@ def test_plan_covers_every_example_once_within_limits():
     filled = np.where(rows != FILLER, lengths[np.where(rows != FILLER, rows, 0)], 0).sum(1)
     assert filled.max() <= 64 and (rows[:, 0] != FILLER).all()
     np.testing.assert_array_equal(rows, packing.pack(lengths, 64, 4, seed=1))  # deterministic
-    assert not np.array_equal(rows, packing.pack(lengths, 64, 4, seed=2))      # the seed breaks ties
+    other = packing.pack(lengths, 64, 4, seed=2)
+    assert not np.array_equal(rows, other)  # the seed breaks ties between equal lengths ...
+
+    def row_lengths(r):
+        return np.where(r != FILLER, lengths[np.where(r != FILLER, r, 0)], 0)
+    np.testing.assert_array_equal(row_lengths(rows), row_lengths(other))  # ... and keeps the layout of lengths
 
     step_rows = packing.rows_per_step(rows, batch_size=16, multiple=4)
     assert step_rows % 4 == 0
-    epochs = [packing.plan_epoch(rows, 64, step_rows, seed=3, epoch=e) for e in range(3)]
+    epochs = [packing.plan_epoch(lengths, 64, 4, step_rows, seed=3, epoch=e) for e in range(3)]
     assert len({len(p) for p in epochs}) == 1  # constant steps per epoch
     for plan in epochs:
         assert all(b.indices.shape == (step_rows, 4) and b.length == 64 for b in plan)
         flat = np.concatenate([b.indices.ravel() for b in plan])
         assert sorted(flat[flat != FILLER]) == list(range(500))
-    same = packing.plan_epoch(rows, 64, step_rows, seed=3, epoch=1)
+    same = packing.plan_epoch(lengths, 64, 4, step_rows, seed=3, epoch=1)
     assert all(np.array_equal(a.indices, b.indices) for a, b in zip(same, epochs[1]))
     assert not all(np.array_equal(a.indices, b.indices) for a, b in zip(epochs[0], epochs[1]))
+
+    def row_mates(plan):  # pairs of examples that share a row
+        return {(int(a), int(b)) for batch in plan for r in batch.indices for a in r for b in r
+                if a != FILLER and b != FILLER and a < b}
+    first, second = row_mates(epochs[0]), row_mates(epochs[1])
+    assert len(first & second) < 0.5 * len(first)  # re-packed: most row mates change between epochs
     with pytest.raises(Exception, match="packed_length"):
         packing.pack(lengths, 32, 4)
 
@@ -139,8 +150,8 @@ def test_glue_token_efficiency(task, minilm_dir, glue_dir):
     train = tokenize_split(raw.splits["train"], raw.text_columns, load_tokenizer(minilm_dir), cfg.data.max_seq_length)
     d, t = cfg.data, cfg.train
     rows = packing.pack(train.lengths, d.max_seq_length, d.max_examples_per_row, seed=t.seed)
-    plan = packing.plan_epoch(rows, d.max_seq_length, packing.rows_per_step(rows, t.batch_size, jax.device_count()),
-                              seed=t.seed, epoch=0)
+    plan = packing.plan_epoch(train.lengths, d.max_seq_length, d.max_examples_per_row,
+                              packing.rows_per_step(rows, t.batch_size, jax.device_count()), seed=t.seed, epoch=0)
     assert buckets.padding_efficiency(train.lengths, plan) >= 0.95
 
 

@@ -1,9 +1,11 @@
 """Sequence packing: several examples share one fixed-length row, so training compiles one shape.
 
-The training set is packed once (best-fit decreasing: near-optimal fill, deterministic for a seed)
-into rows of at most `slots` examples; each epoch shuffles the rows and groups them into batches
-of `rows_per_step` rows. The step count per epoch is therefore constant, and an epoch is a pure
-function of (seed, epoch), as the resumable train loop needs.
+Every epoch packs the training set afresh (best-fit decreasing: near-optimal fill) into rows of at
+most `slots` examples, then shuffles the rows and groups them into batches of `rows_per_step` rows.
+Best-fit decreasing places examples by length only, so re-packing with an epoch's seed keeps the
+layout of lengths (hence the row and step counts) and changes which examples of equal length share
+a row and a step: examples do not travel together for the whole run. An epoch is a pure function
+of (seed, epoch), as the resumable train loop needs.
 
 A packed batch is a buckets.Batch whose `indices` are [rows, slots] example ids (FILLER = empty
 slot; a filler row has only empty slots).
@@ -18,11 +20,12 @@ from flaxft.data.tokenize import TokenizedSplit
 from flaxft.errors import FlaxftError
 
 
-def pack(lengths: np.ndarray, length: int, slots: int, seed: int = 0) -> np.ndarray:
+def pack(lengths: np.ndarray, length: int, slots: int, seed=0) -> np.ndarray:
     """Rows [n_rows, slots] of example indices (FILLER-padded) holding every example exactly once.
 
     Best-fit decreasing: longest examples first, each into the open row whose free space fits it
-    most tightly. The seed only breaks ties between equal lengths, so rows differ between seeds.
+    most tightly. The seed (anything numpy's default_rng takes) only breaks ties between equal
+    lengths: the rows' lengths are the same for every seed, their examples differ.
     """
     lengths = np.asarray(lengths)
     if len(lengths) and lengths.max() > length:
@@ -63,9 +66,11 @@ def rows_per_step(rows: np.ndarray, batch_size: int, multiple: int) -> int:
     return max(multiple, int(round(batch_size / per_row / multiple)) * multiple)
 
 
-def plan_epoch(rows: np.ndarray, length: int, batch_rows: int, *, seed: int, epoch: int) -> list[Batch]:
-    """This epoch's batches: the packed rows shuffled by (seed, epoch); filler rows top up the last."""
-    order = rows[np.random.default_rng([seed, epoch]).permutation(len(rows))]
+def plan_epoch(lengths: np.ndarray, length: int, slots: int, batch_rows: int, *, seed: int, epoch: int) -> list[Batch]:
+    """This epoch's batches: the examples packed and the rows shuffled by (seed, epoch); filler rows
+    top up the last batch."""
+    rows = pack(lengths, length, slots, seed=[seed, epoch])
+    order = rows[np.random.default_rng([seed, epoch, 1]).permutation(len(rows))]
     n = -(-len(order) // batch_rows) * batch_rows
     order = np.concatenate([order, np.full((n - len(order), rows.shape[1]), FILLER, dtype=rows.dtype)])
     return [Batch(length, order[s:s + batch_rows]) for s in range(0, n, batch_rows)]
