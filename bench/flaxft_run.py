@@ -32,6 +32,8 @@ def parse_args(argv=None):
     p.add_argument("--packing", action="store_true", help="train on packed rows (data.packing=true)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--output-dir", help="flaxft output_dir (default: next to --out)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="more flaxft config overrides, e.g. --set train.dropout_rng=threefry")
     return p.parse_args(argv)
 
 
@@ -47,7 +49,7 @@ def overrides(args, glue_folder: str, output_dir: str) -> list[str]:
         o.append(f"data.bucket_boundaries=[{args.fixed_length}]")
     if args.packing:
         o.append("data.packing=true")
-    return o
+    return o + args.set
 
 
 def trained_batches(trainer):

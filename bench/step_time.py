@@ -26,7 +26,7 @@ from flaxft.optim import make_optimizer  # noqa: E402
 from flaxft.steps import TrainState, train_step  # noqa: E402
 
 
-def build_step(model_dir, dtype: str, dropout: bool, batch: int, length: int):
+def build_step(model_dir, dtype: str, dropout: bool, batch: int, length: int, dropout_rng: str = "hash"):
     """(jitted train step, state, batch): MiniLM-sized state on one device, a batch of one length."""
     cfg, params = load_pretrained(model_dir, 2, rng=jax.random.key(0))
     if not dropout:
@@ -39,15 +39,15 @@ def build_step(model_dir, dtype: str, dropout: bool, batch: int, length: int):
             "token_type_ids": jnp.zeros((batch, length), jnp.int32),
             "attention_mask": jnp.ones((batch, length), jnp.int32),
             "labels": jnp.zeros((batch,), jnp.int32), "weights": jnp.ones((batch,), jnp.float32)}
-    step = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, is_regression=False),
-                   donate_argnums=0)
+    step = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, is_regression=False,
+                                     dropout_rng=dropout_rng), donate_argnums=0)
     return step, state, data
 
 
 def time_step(model_dir, dtype: str, dropout: bool, batch: int, length: int, steps: int,
-              trace_dir: str | None = None) -> float:
+              trace_dir: str | None = None, dropout_rng: str = "hash") -> float:
     """Seconds per step after one warm-up step; with `trace_dir`, the timed steps are profiled there."""
-    step, state, data = build_step(model_dir, dtype, dropout, batch, length)
+    step, state, data = build_step(model_dir, dtype, dropout, batch, length, dropout_rng)
     state, m = step(state, data)  # compile + warm up
     jax.block_until_ready(m)
     if trace_dir:
@@ -69,11 +69,13 @@ def main() -> None:
     p.add_argument("--length", type=int, default=64)
     p.add_argument("--steps", type=int, default=10)
     args = p.parse_args()
-    print(f"| dtype | dropout | s/step (B={args.batch_size}, L={args.length}) | examples/s |")
+    print(f"| dtype | dropout (train.dropout_rng) | s/step (B={args.batch_size}, L={args.length}) | examples/s |")
     print("| --- | --- | ---: | ---: |")
-    for dtype, dropout in (("float32", True), ("float32", False), ("bfloat16", True)):
-        sec = time_step(args.model, dtype, dropout, args.batch_size, args.length, args.steps)
-        print(f"| {dtype} | {'on' if dropout else 'off'} | {sec:.3f} | {args.batch_size / sec:.1f} |", flush=True)
+    for dtype, dropout, bits in (("float32", True, "hash"), ("float32", True, "threefry"), ("float32", False, "hash"),
+                                 ("bfloat16", True, "hash")):
+        sec = time_step(args.model, dtype, dropout, args.batch_size, args.length, args.steps, dropout_rng=bits)
+        print(f"| {dtype} | {f'on ({bits})' if dropout else 'off'} | {sec:.3f} | {args.batch_size / sec:.1f} |",
+              flush=True)
 
 
 if __name__ == "__main__":
