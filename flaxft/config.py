@@ -72,7 +72,7 @@ class TrainConfig:
     max_grad_norm: float = _field(1.0, "Clip gradients to this global norm (0 disables).")
     grad_accum_steps: int = _field(1, "Split each batch into N micro-batches and sum their gradients (same update, less memory).")
     seed: int = _field(42, "Seed for initialization, shuffling and dropout.")
-    dropout_rng: str = _field("hash", "Dropout mask bits: hash (counter-based hash, a quarter of threefry's cost) or threefry "
+    dropout_rng: str = _field("hash", "Dropout mask bits: hash (counter-based hash, about a tenth of threefry's cost on CPU) or threefry "
                                       "(jax.random's default).")
     dtype: str = _field("float32", "Activation/matmul dtype: float32 or bfloat16 (weights stay float32).")
     eval_every_steps: Optional[int] = _field(None, "Also evaluate every N steps (always at each epoch end).")
