@@ -1,6 +1,8 @@
 """Arguments every benchmark run takes, so flaxft and the HF Trainer are always run alike."""
 
 import argparse
+import os
+import sys
 
 
 def run_parser(description: str) -> argparse.ArgumentParser:
@@ -15,4 +17,29 @@ def run_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int)
     p.add_argument("--max-eval-samples", type=int)
     p.add_argument("--out", required=True, help="result JSON")
+    p.add_argument("--allocator", choices=["system", "tcmalloc"],
+                   help="host malloc (default: tcmalloc for flaxft, as its commands do; system for the HF Trainer)")
     return p
+
+
+def run_on_allocator(allocator: str) -> str:
+    """Go on under glibc's malloc ('system') or re-execute this script once with tcmalloc preloaded
+    (flaxft/host_memory.py). Call it before anything heavy is imported; returns the allocator in use."""
+    from flaxft.host_memory import (
+        INSTALL_HINT,
+        REEXECUTED,
+        find_tcmalloc,
+        host_allocator,
+        tcmalloc_env,
+    )
+
+    current = host_allocator()
+    if allocator == current:
+        return current
+    if allocator == "system":
+        sys.exit(f"--allocator system, but this process runs on {current}: unset LD_PRELOAD")
+    library = find_tcmalloc()
+    if library is None or os.environ.get(REEXECUTED):
+        sys.exit(f"--allocator tcmalloc: no loadable tcmalloc on this machine; {INSTALL_HINT}")
+    sys.stdout.flush()
+    os.execve(sys.executable, sys.orig_argv, tcmalloc_env(os.environ, library))

@@ -31,6 +31,7 @@ SYSTEMS = {  # name -> (script, extra arguments)
     "flaxft-packed": ("flaxft_run.py", ["--packing"]),
     "flaxft-fixed128": ("flaxft_run.py", ["--fixed-length", "128"]),
     "hf": ("hf_trainer.py", []),
+    "hf-tcmalloc": ("hf_trainer.py", ["--allocator", "tcmalloc"]),  # the HF side on flaxft's allocator too
 }
 COLUMNS = [("train samples/s", "train_samples_per_second", "{:.1f}"),
            ("real tokens/s", "train_tokens_per_second", "{:.0f}"),
@@ -61,7 +62,9 @@ def parse_args(argv=None):
 
 def run(cmd: list[str], log: pathlib.Path) -> float:
     """Run a command with its output in `log`; its wall time, launch to exit."""
-    env = dict(os.environ, BENCH_LAUNCH_TIME=repr(time.time()))
+    # every run starts on glibc's malloc; each script re-executes itself onto tcmalloc when it runs on it
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    env["BENCH_LAUNCH_TIME"] = repr(time.time())
     start = time.time()
     with open(log, "w") as f:
         rc = subprocess.run(cmd, check=False, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=HERE.parent).returncode
@@ -85,16 +88,17 @@ def mean_row(rows: list[dict]) -> dict:
     m["mfu"] = statistics.mean(r["mfu"] for r in rows)
     m["hfu"] = statistics.mean(r["hfu"] for r in rows)
     m["seed"] = "mean"
+    m["host_allocator"] = rows[0].get("host_allocator", "system")
     return m
 
 
 def table(results: dict[str, list[dict]]) -> str:
     metric_keys = [k for k in next(iter(results.values()))[0]["metrics"]]
-    head = ["system", "seed"] + [c[0] for c in COLUMNS] + [f"dev {k}" for k in metric_keys] + ["MFU", "HW util"]
+    head = ["system", "seed", "host malloc"] + [c[0] for c in COLUMNS] + [f"dev {k}" for k in metric_keys] + ["MFU", "HW util"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rows in results.values():
         for r in rows + ([mean_row(rows)] if len(rows) > 1 else []):
-            cells = [rows[0]["system"], str(r["seed"])] + [fmt.format(r[key]) for _, key, fmt in COLUMNS]
+            cells = [rows[0]["system"], str(r["seed"]), r.get("host_allocator", "system")] + [fmt.format(r[key]) for _, key, fmt in COLUMNS]
             cells += [f"{100 * r['metrics'][k]:.2f}" for k in metric_keys]
             cells += [f"{100 * r['mfu']:.1f}%", f"{100 * r['hfu']:.1f}%"]
             if r["seed"] == "mean":
@@ -104,10 +108,13 @@ def table(results: dict[str, list[dict]]) -> str:
 
 
 def verdict(results: dict[str, list[dict]], quick: bool = False) -> list[str]:
-    if "hf" not in results:
+    hfs = {name: mean_row(results[name]) if len(results[name]) > 1 else results[name][0]
+           for name in ("hf", "hf-tcmalloc") if name in results}
+    if not hfs:
         return []
-    hf = mean_row(results["hf"]) if len(results["hf"]) > 1 else results["hf"][0]
-    out = []
+    best = max(hfs, key=lambda name: hfs[name]["train_samples_per_second"])  # the faster HF allocator
+    hf = hfs[best]
+    out = [f"HF baseline: {best} ({hf['train_samples_per_second']:.1f} samples/s, the faster of {sorted(hfs)})"]
     for name in ("flaxft", "flaxft-packed", "flaxft-fixed128"):
         if name not in results:
             continue

@@ -23,7 +23,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import run_parser  # noqa: E402  (bench/ is on sys.path when run as a script)
+from common import run_on_allocator, run_parser  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def parse_args(argv=None):
@@ -67,6 +67,7 @@ def trained_batches(trainer):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    allocator = run_on_allocator(args.allocator or "tcmalloc")
     from flaxft.config import load_config
     from flaxft.data.tasks import get_task
 
@@ -117,6 +118,7 @@ def main(argv=None) -> None:
         "buckets": summary["buckets"],
         "token_stats": token_stats(trained_batches(trainer)),
         "num_devices": summary["num_devices"],
+        "host_allocator": allocator,
         "jax_version": jax.__version__,
         "output_dir": output_dir,
     }

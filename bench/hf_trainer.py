@@ -27,7 +27,7 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import run_parser  # noqa: E402  (bench/ is on sys.path when run as a script)
+from common import run_on_allocator, run_parser  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def parse_args(argv=None):
@@ -54,6 +54,7 @@ class CountingCollator:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    allocator = run_on_allocator(args.allocator or "system")
     import torch
     import transformers
     from roofline import token_stats
@@ -124,7 +125,7 @@ def main(argv=None) -> None:
     done = time.time()
 
     result = {
-        "system": "HF Trainer (PyTorch)", "task": raw.task.name, "seed": args.seed,
+        "system": "HF Trainer (PyTorch)" + (" + tcmalloc" if allocator == "tcmalloc" else ""), "task": raw.task.name, "seed": args.seed,
         "epochs": out.global_step / math.ceil(len(train) / args.batch_size), "global_step": out.global_step,
         "batch_size": args.batch_size, "learning_rate": args.lr, "dtype": "float32",
         "train_seconds": train_seconds,
@@ -144,6 +145,7 @@ def main(argv=None) -> None:
         "num_labels": raw.num_labels,
         "token_stats": stats,
         "torch_num_threads": torch.get_num_threads(),
+        "host_allocator": allocator,
         "torch_version": torch.__version__, "transformers_version": transformers.__version__,
         "optimizer": targs.optim, "warmup_steps": targs.warmup_steps,
     }

@@ -4,9 +4,11 @@
 
 Profiles a few train steps (bench/step_time.py's step: MiniLM, float32, dropout on, one device), maps
 every executed XLA op to the model code that produced it (the op_name metadata of the compiled HLO),
-and prints milliseconds per step for: matmuls (XLA:CPU runs them as YNNPACK "ynn_fusion" calls) and
+and prints milliseconds per step for: matmuls (XLA:CPU runs most as YNNPACK "ynn_fusion" calls) and
 everything else, split into dropout, GELU, LayerNorm, softmax, attention reshapes, embeddings and the
-optimizer update.
+optimizer update. The weight-gradient matmuls run as Eigen "dot" thunks whose trace spans end at dispatch:
+their time shows up as gaps between traced ops, reported as "untraced gaps (Eigen weight-gradient dots)".
+Ops on the two threads can overlap, so the parts add up to more than the step.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import tempfile
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from common import run_on_allocator  # noqa: E402
 from step_time import build_step, time_step  # noqa: E402
 
 # First match wins: (part, pattern on the op_name of the HLO instruction).
@@ -41,11 +44,16 @@ def breakdown(trace_file: pathlib.Path, names: dict[str, str], steps: int) -> di
         events = json.load(f)
     events = events["traceEvents"] if isinstance(events, dict) else events
     ms = collections.Counter()
-    for e in events:
-        name = e.get("name", "")
-        if e.get("ph") != "X" or name.startswith(("ThunkExecutor", "$", "SlinkyThreadPool", "end:", "Pjit",
-                                                   "CommonPjRt", "ParseArguments")):
-            continue
+    ops = [e for e in events if e.get("ph") == "X" and not e.get("name", "").startswith(
+        ("ThunkExecutor", "$", "SlinkyThreadPool", "end:", "Pjit", "CommonPjRt", "ParseArguments", "Threadpool",
+         "PythonRef", "Wait for"))]
+    ops.sort(key=lambda e: e["ts"])
+    end = ops[0]["ts"] if ops else 0
+    for e in ops:  # time covered by no traced op, between the first op and the last
+        ms["untraced gaps (Eigen weight-gradient dots)"] += max(0.0, e["ts"] - end) / 1e3 / steps
+        end = max(end, e["ts"] + e["dur"])
+    for e in ops:
+        name = e["name"]
         if name.startswith(("ynn_fusion", "dot")):
             part = "matmuls"
         else:
@@ -61,7 +69,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--length", type=int, default=64)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--allocator", choices=["system", "tcmalloc"], default="tcmalloc",
+                   help="host malloc (flaxft's commands run on tcmalloc when the machine has it)")
     args = p.parse_args()
+    print(f"host malloc: {run_on_allocator(args.allocator)}")
     step, state, data = build_step(args.model, "float32", True, args.batch_size, args.length)
     names = op_names(step.lower(state, data).compile().as_text())
     with tempfile.TemporaryDirectory() as trace_dir:

@@ -25,6 +25,8 @@ from flaxft.model import BertForSequenceClassification, load_pretrained  # noqa:
 from flaxft.optim import make_optimizer  # noqa: E402
 from flaxft.steps import TrainState, train_step  # noqa: E402
 
+from common import run_on_allocator  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 
 def build_step(model_dir, dtype: str, dropout: bool, batch: int, length: int, dropout_rng: str = "hash"):
     """(jitted train step, state, batch): MiniLM-sized state on one device, a batch of one length."""
@@ -68,7 +70,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--length", type=int, default=64)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--allocator", choices=["system", "tcmalloc"], default="tcmalloc",
+                   help="host malloc (flaxft's commands run on tcmalloc when the machine has it)")
     args = p.parse_args()
+    print(f"host malloc: {run_on_allocator(args.allocator)}")
     print(f"| dtype | dropout (train.dropout_rng) | s/step (B={args.batch_size}, L={args.length}) | examples/s |")
     print("| --- | --- | ---: | ---: |")
     for dtype, dropout, bits in (("float32", True, "hash"), ("float32", True, "threefry"), ("float32", False, "hash"),

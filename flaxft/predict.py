@@ -30,6 +30,7 @@ from flaxft.data.loading import (RawData, _as_int, _dataset, _missing, _pick_tex
 from flaxft.data.tasks import get_task
 from flaxft.errors import FlaxftError
 from flaxft.export import EXPORT, INFO_FILE, read_labels
+from flaxft.host_memory import preload_tcmalloc
 
 log = logging.getLogger("flaxft")
 
@@ -254,6 +255,7 @@ def main(argv: list[str]) -> int:
 
 
 def cli() -> None:
+    preload_tcmalloc()  # see flaxft/host_memory.py
     sys.exit(run_main(main))
 
 

@@ -7,6 +7,7 @@ import sys
 
 from flaxft.cli import run_main
 from flaxft.config import help_text, load_config
+from flaxft.host_memory import preload_tcmalloc
 
 USAGE = "python -m flaxft.train --config FILE [key=value ...] [--debug]"
 
@@ -30,6 +31,7 @@ def main(argv: list[str]) -> int:
 
 def cli() -> None:
     """Entry point of `python -m flaxft.train` and the `flaxft-train` script."""
+    preload_tcmalloc()  # before JAX allocates: see flaxft/host_memory.py
     sys.exit(run_main(main))
 
 

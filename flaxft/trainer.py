@@ -43,6 +43,7 @@ from flaxft.data.pipeline import device_batches
 from flaxft.data.tokenize import TokenizedSplit, load_tokenizer, tokenize_split
 from flaxft.errors import FlaxftError
 from flaxft.export import EXPORT, export_model
+from flaxft.host_memory import INSTALL_HINT, host_allocator
 from flaxft.hub import resolve_model
 from flaxft.model.bert import BertForSequenceClassification
 from flaxft.model.convert import load_pretrained, param_shapes, read_config
@@ -386,6 +387,9 @@ class Trainer:
         log.info("training %d steps (%d per epoch) on %d devices %s; %s", self.total_steps,
                  self.steps_per_epoch, jax.device_count(), dict(self.mesh.shape),
                  f"packed rows of {self.packing['packed_length']}" if self.packing else f"buckets {self.boundaries}")
+        if jax.default_backend() == "cpu" and host_allocator() == "system":
+            log.info("host allocator: glibc malloc, which page-faults XLA:CPU's step buffers back in every step; "
+                     "CPU steps run about 15%% faster on tcmalloc: %s (the flaxft commands then preload it)", INSTALL_HINT)
         from tqdm.auto import tqdm
 
         bar = tqdm(total=self.total_steps, initial=step, desc="train", unit="step",
@@ -456,6 +460,7 @@ class Trainer:
             "observed_compilations": compiles.count,
             "compile_cache_hits": compiles.cache_hits,
             "num_devices": jax.device_count(),
+            "host_allocator": host_allocator(),
             "mesh": dict(self.mesh.shape),
             "task": self.raw.task.name if self.raw.task else "custom",
             "model": str(self.config.model.name_or_path),

@@ -11,6 +11,7 @@ import pytest
 
 from flaxft.cli import run_main
 from flaxft.config import load_config
+from flaxft.host_memory import SETTING, find_tcmalloc
 from flaxft.train import main as train_main
 from flaxft.trainer import Trainer
 
@@ -25,7 +26,7 @@ def test_cli_trains_evaluates_and_reports(tiny_model, toy_data, tmp_path):
     assert summary["eval_accuracy"] >= 0.9, summary
     for key in ["eval_f1", "global_step", "train_seconds", "train_samples_per_second", "train_tokens_per_second",
                 "padding_efficiency", "buckets", "train_compilations", "eval_compilations", "num_devices",
-                "compile_seconds"]:
+                "compile_seconds", "host_allocator"]:
         assert key in summary
     assert summary["epochs"] == 6 and summary["global_step"] >= 6 * 256 // 16
     assert summary["num_devices"] == jax.device_count()
@@ -108,7 +109,7 @@ def test_second_identical_run_compiles_nothing_new(tiny_model, toy_data, tmp_pat
         out = tmp_path / run
         args = toy_args(tiny_model, toy_data, out, "train.max_steps=3", "data.bucket_boundaries=[64]",
                         f"train.compilation_cache={tmp_path / 'xla'}", "checkpoint.export=none")
-        env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+        env = {**{k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", SETTING)}, "JAX_PLATFORMS": "cpu"}
         proc = subprocess.run([sys.executable, "-m", "flaxft.train", *args], env=env, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-2000:]
         summaries.append(json.loads((out / "summary.json").read_text()))
@@ -116,3 +117,5 @@ def test_second_identical_run_compiles_nothing_new(tiny_model, toy_data, tmp_pat
     assert first["observed_compilations"] == 2 and first["compile_cache_hits"] == 0  # one train + one eval bucket
     assert second["observed_compilations"] == 2 and second["compile_cache_hits"] == 2
     assert second["compile_seconds"] < first["compile_seconds"]
+    # the command re-executed itself onto tcmalloc (flaxft/host_memory.py) when the machine has it
+    assert first["host_allocator"] == ("tcmalloc" if sys.platform.startswith("linux") and find_tcmalloc() else "system")
