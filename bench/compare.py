@@ -5,9 +5,11 @@
 
 For each seed it runs, each in a fresh process: flaxft with length buckets, flaxft with packed rows
 (data.packing=true), flaxft with every batch padded to 128 (one bucket, what run_flax_glue.py did), and the
-HF Trainer course recipe. First it measures the
+HF Trainer course recipe, on glibc's malloc (hf) and on tcmalloc (hf-tcmalloc), the host allocator the flaxft
+runs use when the machine has it (flaxft/host_memory.py). First it measures the
 matmul peak (bench/roofline.py) for MFU. It prints one markdown table (a row per run and a mean per
-system), the speedup of flaxft over HF and the issue's targets, and writes everything to --out.
+system), the speedup of flaxft over the faster HF variant and the issue's targets, and writes everything
+to --out.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Where the time of one jitted train step goes, by part of the model (XLA:CPU profile).
 
-    python bench/step_profile.py --model DIR [--batch-size 32 --length 64 --steps 3]
+    python bench/step_profile.py --model DIR [--batch-size 32 --length 64 --steps 3] [--allocator system]
 
 Profiles a few train steps (bench/step_time.py's step: MiniLM, float32, dropout on, one device), maps
 every executed XLA op to the model code that produced it (the op_name metadata of the compiled HLO),

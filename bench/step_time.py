@@ -1,9 +1,10 @@
 """Time flaxft's jitted train step alone (no data pipeline), per dtype and dropout setting.
 
-    python bench/step_time.py --model DIR [--batch-size 32 --length 64 --steps 10]
+    python bench/step_time.py --model DIR [--batch-size 32 --length 64 --steps 10] [--allocator system]
 
-Prints one markdown row per configuration: seconds per step and examples/s, with the same
-train_step, optimizer and model code as a real run, on one device.
+Prints one markdown row per configuration: seconds per step, examples/s, and the page faults and kernel CPU
+time per step (the host allocator's share: `--allocator system` vs tcmalloc, see flaxft/host_memory.py),
+with the same train_step, optimizer and model code as a real run, on one device.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import dataclasses
 import functools
 import pathlib
+import resource
 import sys
 import time
 
@@ -47,18 +49,24 @@ def build_step(model_dir, dtype: str, dropout: bool, batch: int, length: int, dr
 
 
 def time_step(model_dir, dtype: str, dropout: bool, batch: int, length: int, steps: int,
-              trace_dir: str | None = None, dropout_rng: str = "hash") -> float:
-    """Seconds per step after one warm-up step; with `trace_dir`, the timed steps are profiled there."""
+              trace_dir: str | None = None, dropout_rng: str = "hash", host: dict | None = None) -> float:
+    """Seconds per step after one warm-up step; with `trace_dir`, the timed steps are profiled there;
+    `host` (a dict) receives the process's page faults and kernel CPU seconds per step."""
     step, state, data = build_step(model_dir, dtype, dropout, batch, length, dropout_rng)
     state, m = step(state, data)  # compile + warm up
     jax.block_until_ready(m)
     if trace_dir:
         jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+    before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     for _ in range(steps):
         state, m = step(state, data)
     jax.block_until_ready(m)
     seconds = (time.perf_counter() - start) / steps
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    if host is not None:
+        host.update(page_faults=(after.ru_minflt - before.ru_minflt) / steps,
+                    kernel_seconds=(after.ru_stime - before.ru_stime) / steps)
     if trace_dir:
         jax.profiler.stop_trace()
     return seconds
@@ -74,13 +82,16 @@ def main() -> None:
                    help="host malloc (flaxft's commands run on tcmalloc when the machine has it)")
     args = p.parse_args()
     print(f"host malloc: {run_on_allocator(args.allocator)}")
-    print(f"| dtype | dropout (train.dropout_rng) | s/step (B={args.batch_size}, L={args.length}) | examples/s |")
-    print("| --- | --- | ---: | ---: |")
+    print(f"| dtype | dropout (train.dropout_rng) | s/step (B={args.batch_size}, L={args.length}) | examples/s "
+          "| page faults/step | kernel CPU s/step |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
     for dtype, dropout, bits in (("float32", True, "hash"), ("float32", True, "threefry"), ("float32", False, "hash"),
                                  ("bfloat16", True, "hash")):
-        sec = time_step(args.model, dtype, dropout, args.batch_size, args.length, args.steps, dropout_rng=bits)
-        print(f"| {dtype} | {f'on ({bits})' if dropout else 'off'} | {sec:.3f} | {args.batch_size / sec:.1f} |",
-              flush=True)
+        host = {}
+        sec = time_step(args.model, dtype, dropout, args.batch_size, args.length, args.steps, dropout_rng=bits,
+                        host=host)
+        print(f"| {dtype} | {f'on ({bits})' if dropout else 'off'} | {sec:.3f} | {args.batch_size / sec:.1f} "
+              f"| {host['page_faults']:.0f} | {host['kernel_seconds']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
