@@ -25,13 +25,7 @@ def run_parser(description: str) -> argparse.ArgumentParser:
 def run_on_allocator(allocator: str) -> str:
     """Go on under glibc's malloc ('system') or re-execute this script once with tcmalloc preloaded
     (flaxft/host_memory.py). Call it before anything heavy is imported; returns the allocator in use."""
-    from flaxft.host_memory import (
-        INSTALL_HINT,
-        REEXECUTED,
-        find_tcmalloc,
-        host_allocator,
-        tcmalloc_env,
-    )
+    from flaxft.host_memory import INSTALL_HINT, REEXECUTED, find_tcmalloc, host_allocator, reexec_on_tcmalloc
 
     current = host_allocator()
     if allocator == current:
@@ -41,5 +35,7 @@ def run_on_allocator(allocator: str) -> str:
     library = find_tcmalloc()
     if library is None or os.environ.get(REEXECUTED):
         sys.exit(f"--allocator tcmalloc: no loadable tcmalloc on this machine; {INSTALL_HINT}")
-    sys.stdout.flush()
-    os.execve(sys.executable, sys.orig_argv, tcmalloc_env(os.environ, library))
+    try:
+        reexec_on_tcmalloc(library)
+    except OSError as e:
+        sys.exit(f"--allocator tcmalloc: could not re-execute {sys.orig_argv}: {e}")

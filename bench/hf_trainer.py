@@ -125,7 +125,8 @@ def main(argv=None) -> None:
     done = time.time()
 
     result = {
-        "system": "HF Trainer (PyTorch)" + (" + tcmalloc" if allocator == "tcmalloc" else ""), "task": raw.task.name, "seed": args.seed,
+        "system": "HF Trainer (PyTorch)" + (" + tcmalloc" if allocator == "tcmalloc" else ""),
+        "task": raw.task.name, "seed": args.seed,
         "epochs": out.global_step / math.ceil(len(train) / args.batch_size), "global_step": out.global_step,
         "batch_size": args.batch_size, "learning_rate": args.lr, "dtype": "float32",
         "train_seconds": train_seconds,

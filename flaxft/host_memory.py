@@ -77,6 +77,13 @@ def tcmalloc_library(environ: Mapping[str, str]) -> str | None:
     return find_tcmalloc()
 
 
+def reexec_on_tcmalloc(library: str) -> None:
+    """Replace this process by the same command line with `library` preloaded (OSError if exec fails)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv, tcmalloc_env(os.environ, library))
+
+
 def preload_tcmalloc() -> None:
     """Re-execute this command with tcmalloc preloaded, when it runs on glibc's malloc and tcmalloc is here.
 
@@ -86,9 +93,7 @@ def preload_tcmalloc() -> None:
     library = tcmalloc_library(os.environ)
     if library is None or host_allocator() != "system":
         return
-    sys.stdout.flush()
-    sys.stderr.flush()
     try:
-        os.execve(sys.executable, sys.orig_argv, tcmalloc_env(os.environ, library))
+        reexec_on_tcmalloc(library)
     except OSError:
         return  # run on as we are: slower on CPU, otherwise the same
