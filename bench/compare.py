@@ -96,11 +96,13 @@ def mean_row(rows: list[dict]) -> dict:
 
 def table(results: dict[str, list[dict]]) -> str:
     metric_keys = [k for k in next(iter(results.values()))[0]["metrics"]]
-    head = ["system", "seed", "host malloc"] + [c[0] for c in COLUMNS] + [f"dev {k}" for k in metric_keys] + ["MFU", "HW util"]
+    head = (["system", "seed", "host malloc"] + [c[0] for c in COLUMNS] + [f"dev {k}" for k in metric_keys]
+            + ["MFU", "HW util"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rows in results.values():
         for r in rows + ([mean_row(rows)] if len(rows) > 1 else []):
-            cells = [rows[0]["system"], str(r["seed"]), r.get("host_allocator", "system")] + [fmt.format(r[key]) for _, key, fmt in COLUMNS]
+            cells = [rows[0]["system"], str(r["seed"]), r.get("host_allocator", "system")]
+            cells += [fmt.format(r[key]) for _, key, fmt in COLUMNS]
             cells += [f"{100 * r['metrics'][k]:.2f}" for k in metric_keys]
             cells += [f"{100 * r['mfu']:.1f}%", f"{100 * r['hfu']:.1f}%"]
             if r["seed"] == "mean":
