@@ -28,10 +28,10 @@ from common import run_on_allocator  # noqa: E402
 from step_time import build_step, time_step  # noqa: E402
 
 # First match wins: (part, pattern on the op_name of the HLO instruction).
-PARTS = [("dropout", r"Dropout"), ("GELU", r"intermediate/(?!dense)"), ("LayerNorm", r"LayerNorm"),
-         ("softmax", r"softmax|self/(div|exp|reduce_max|sub)"), ("embeddings", r"embeddings"),
-         ("attention reshapes/transposes", r"attention/self/(reshape|transpose)"),
-         ("other model ops", r"BertForSequenceClassification"), ("optimizer update, loss", r".")]
+PARTS = [("dropout", r"Dropout"), ("GELU", r"mlp/(?!input|output)"), ("LayerNorm", r"_norm/|embeddings/norm"),
+         ("softmax", r"softmax|attention/(div|exp|reduce_max|sub)"), ("embeddings", r"embeddings"),
+         ("attention reshapes/transposes", r"attention/(reshape|transpose)"),
+         ("other model ops", r"EncoderClassifier"), ("optimizer update, loss", r".")]
 
 
 def op_names(hlo_text: str) -> dict[str, str]:

@@ -23,7 +23,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from flaxft.config import TrainConfig  # noqa: E402
-from flaxft.model import BertForSequenceClassification, load_pretrained  # noqa: E402
+from flaxft.model import build, load_pretrained  # noqa: E402
 from flaxft.optim import make_optimizer  # noqa: E402
 from flaxft.steps import TrainState, train_step  # noqa: E402
 
@@ -35,7 +35,7 @@ def build_step(model_dir, dtype: str, dropout: bool, batch: int, length: int, dr
     cfg, params = load_pretrained(model_dir, 2, rng=jax.random.key(0))
     if not dropout:
         cfg = dataclasses.replace(cfg, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    model = BertForSequenceClassification(cfg, 2, dtype=jnp.dtype(dtype))
+    model = build(cfg, 2, dtype=dtype)
     tx, schedule = make_optimizer(TrainConfig(), 1000)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                        rng=jax.random.key_data(jax.random.key(1)))

@@ -1,8 +1,8 @@
 """Write a trained model as a Hugging Face folder that transformers (PyTorch) and flaxft both load.
 
     export/
-      config.json          BertConfig + architectures, num_labels, id2label/label2id, problem_type
-      model.safetensors    BertForSequenceClassification weights (float32, torch layout)
+      config.json          the source model's config + architectures, num_labels, id2label/label2id, problem_type
+      model.safetensors    the family's *ForSequenceClassification weights (float32, torch layout)
       tokenizer.json ...   the tokenizer the model was trained with
       flaxft.json          what flaxft.predict needs beyond that: task, text columns, buckets, config, metrics
 
@@ -23,19 +23,19 @@ import safetensors.numpy
 
 from flaxft import storage
 from flaxft.errors import FlaxftError
-from flaxft.model.bert import BertConfig
-from flaxft.model.convert import SAFE_WEIGHTS, params_to_state_dict
+from flaxft.model import EncoderConfig, family_of, params_to_state_dict
+from flaxft.model.hf_files import SAFE_WEIGHTS
 
 EXPORT = "export"
 INFO_FILE = "flaxft.json"
 
 
-def hf_config(model_config: BertConfig, label_names: Optional[tuple[str, ...]], is_regression: bool) -> dict:
-    """config.json for ``BertForSequenceClassification`` with the run's labels."""
+def hf_config(model_config: EncoderConfig, label_names: Optional[tuple[str, ...]], is_regression: bool) -> dict:
+    """config.json for the family's ``*ForSequenceClassification`` with the run's labels."""
     names = ["LABEL_0"] if is_regression else list(label_names)
     return {
-        **model_config.to_hf_dict(),
-        "architectures": ["BertForSequenceClassification"],
+        **model_config.to_hf(),
+        "architectures": [family_of(model_config).architectures[model_config.model_type]],
         "num_labels": len(names),
         "id2label": {str(i): n for i, n in enumerate(names)},
         "label2id": {n: i for i, n in enumerate(names)},
@@ -59,7 +59,7 @@ def read_labels(folder: pathlib.Path) -> tuple[Optional[tuple[str, ...]], bool, 
     return tuple(names), False, num_labels
 
 
-def export_model(folder, params, model_config: BertConfig, *, label_names, is_regression: bool,
+def export_model(folder, params, model_config: EncoderConfig, *, label_names, is_regression: bool,
                  tokenizer, info: dict):
     """Write `folder` (a local path or gs:// URL), replacing an older export only once the new one is
     complete. Process 0 writes."""
@@ -67,7 +67,7 @@ def export_model(folder, params, model_config: BertConfig, *, label_names, is_re
         from jax.experimental import multihost_utils
 
         params = multihost_utils.process_allgather(params, tiled=True)
-    state_dict = params_to_state_dict(params)
+    state_dict = params_to_state_dict(params, model_config)
     if jax.process_index() != 0:
         return folder
     folder = storage.path(folder)

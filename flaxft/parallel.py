@@ -2,7 +2,8 @@
 
 The mesh has three named axes (data, fsdp, tensor). The batch is split over data x fsdp; parameters
 and optimizer state follow PARAM_RULES, matched by regular expression against the parameter's path
-("bert/encoder/layer_0/attention/self/query/kernel", or ".../mu/..." inside the optimizer state).
+("encoder/layer_0/attention/query/kernel", or ".../mu/..." inside the optimizer state). Parameter names are
+the same in every encoder family (flaxft.model.layers); a family adds rules for parameters of its own.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ BATCH_AXES = ("data", "fsdp")
 # First match wins. Dense kernels are [in, out]: splitting `out` of query/key/value splits heads.
 PARAM_RULES: list[tuple[str, P]] = [
     (r"word_embeddings/embedding$", P("tensor", "fsdp")),
-    (r"attention/self/(query|key|value)/kernel$", P("fsdp", "tensor")),
-    (r"attention/self/(query|key|value)/bias$", P("tensor")),
-    (r"attention/output/dense/kernel$", P("tensor", "fsdp")),
-    (r"intermediate/dense/kernel$", P("fsdp", "tensor")),
-    (r"intermediate/dense/bias$", P("tensor")),
-    (r"layer_\d+/output/dense/kernel$", P("tensor", "fsdp")),
+    (r"attention/(query|key|value)/kernel$", P("fsdp", "tensor")),
+    (r"attention/(query|key|value)/bias$", P("tensor")),
+    (r"attention/output/kernel$", P("tensor", "fsdp")),
+    (r"mlp/input/kernel$", P("fsdp", "tensor")),
+    (r"mlp/input/bias$", P("tensor")),
+    (r"mlp/output/kernel$", P("tensor", "fsdp")),
     (r".*", P()),
 ]
 
@@ -91,9 +92,10 @@ def _path_str(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
-def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
-    """The rule's spec for this leaf, dropping axes that don't divide the dimension evenly."""
-    for pattern, spec in PARAM_RULES:
+def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh, rules=()) -> P:
+    """The first matching rule's spec for this leaf (`rules`, then PARAM_RULES), dropping axes that don't
+    divide the dimension evenly."""
+    for pattern, spec in (*rules, *PARAM_RULES):
         if re.search(pattern, path):
             break
     if len(spec) > len(shape):
@@ -105,10 +107,11 @@ def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
     return P(*dims)
 
 
-def tree_shardings(mesh: Mesh, tree):
-    """NamedShardings for every leaf of a (possibly abstract) pytree, following PARAM_RULES."""
+def tree_shardings(mesh: Mesh, tree, rules=()):
+    """NamedShardings for every leaf of a (possibly abstract) pytree, following `rules` (a family's own),
+    then PARAM_RULES."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: NamedSharding(mesh, spec_for(_path_str(path), np.shape(leaf), mesh)), tree)
+        lambda path, leaf: NamedSharding(mesh, spec_for(_path_str(path), np.shape(leaf), mesh, rules)), tree)
 
 
 def local_rows(sharding: NamedSharding, rows: int) -> slice:

@@ -45,8 +45,7 @@ from flaxft.errors import FlaxftError
 from flaxft.export import EXPORT, export_model
 from flaxft.host_memory import INSTALL_HINT, host_allocator
 from flaxft.hub import resolve_model
-from flaxft.model.bert import BertForSequenceClassification
-from flaxft.model.convert import load_pretrained, param_shapes, read_config
+from flaxft.model import build, family_of, load_pretrained, param_shapes, read_config
 from flaxft.monitoring import CompileCounter, PreemptionGuard, Tally, enable_compilation_cache
 from flaxft.optim import make_optimizer
 from flaxft.parallel import batch_sharding, check_batch_size, data_parallel_size, make_mesh, tree_shardings
@@ -122,11 +121,11 @@ class Trainer:
         else:
             self.model_config, params = load_pretrained(
                 self.model_dir, self.raw.num_labels, rng=jax.random.key(cfg.train.seed), random_init=cfg.model.random_init)
-        if cfg.data.max_seq_length > self.model_config.max_position_embeddings:
+        if cfg.data.max_seq_length > self.model_config.max_length:
             raise FlaxftError(f"data.max_seq_length={cfg.data.max_seq_length} exceeds the model's "
-                              f"{self.model_config.max_position_embeddings} positions; lower data.max_seq_length")
-        self.model = BertForSequenceClassification(
-            self.model_config, self.raw.num_labels, dtype=jnp.dtype(cfg.train.dtype), remat=cfg.model.remat)
+                              f"{self.model_config.max_length} positions; lower data.max_seq_length")
+        self.family = family_of(self.model_config)
+        self.model = build(self.model_config, self.raw.num_labels, dtype=cfg.train.dtype, remat=cfg.model.remat)
         self._train_execs: dict[int, Any] = {}
         self._eval_execs: dict[int, Any] = {}
         self.compile_seconds = 0.0
@@ -187,11 +186,11 @@ class Trainer:
 
     def _init_state(self, params, with_optimizer: bool = True) -> TrainState:
         replicated = NamedSharding(self.mesh, P())
-        param_sh = tree_shardings(self.mesh, params)
+        param_sh = tree_shardings(self.mesh, params, self.family.partition_rules)
         params = jax.device_put(params, param_sh)
         if with_optimizer:
             opt_shapes = jax.eval_shape(self.tx.init, params)
-            opt_sh = tree_shardings(self.mesh, opt_shapes)
+            opt_sh = tree_shardings(self.mesh, opt_shapes, self.family.partition_rules)
             opt_state = jax.jit(self.tx.init, out_shardings=opt_sh)(params)
         else:
             opt_sh = opt_state = ()
@@ -205,7 +204,7 @@ class Trainer:
         """Params saved at `step`, placed on this mesh (restored straight into their shardings)."""
         shapes = traverse_util.unflatten_dict(param_shapes(self.model_config, self.raw.num_labels))
         target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                              shapes, tree_shardings(self.mesh, shapes))
+                              shapes, tree_shardings(self.mesh, shapes, self.family.partition_rules))
         return checkpoints.restore_params(step, target)
 
     # ------------------------------------------------------------------ checkpoints
@@ -221,7 +220,7 @@ class Trainer:
             "is_regression": raw.is_regression, "num_labels": raw.num_labels, "text_columns": list(raw.text_columns),
             "buckets": self.boundaries, "packing": self.packing, "num_devices": jax.device_count(),
             "mesh": dict(self.mesh.shape),
-            "model_config": self.model_config.to_hf_dict(), "config": self.config.to_dict(),
+            "model_config": self.model_config.to_hf(), "config": self.config.to_dict(),
         }
 
     def _resume(self) -> None:
@@ -252,7 +251,7 @@ class Trainer:
                 "num_labels": raw.num_labels, "train.batch_size": t.batch_size, "train.seed": t.seed,
                 "data.max_seq_length": self.config.data.max_seq_length,
                 "buckets": self.boundaries, "packing": self.packing, "train_examples": len(self.splits["train"]),
-                "steps_per_epoch": self.steps_per_epoch, "model_config": self.model_config.to_hf_dict()}
+                "steps_per_epoch": self.steps_per_epoch, "model_config": self.model_config.to_hf()}
         theirs = {**meta, "train.batch_size": saved_t.get("batch_size"), "train.seed": saved_t.get("seed"),
                   "data.max_seq_length": meta.get("config", {}).get("data", {}).get("max_seq_length")}
         for key, value in ours.items():

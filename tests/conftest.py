@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from flaxft.model import BertConfig, init_params, params_to_state_dict
+from flaxft.model import config_from_hf, init_params, params_to_state_dict
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GLUE_DIR = ROOT.parent / "shared" / "data" / "glue"
@@ -51,6 +51,11 @@ def glue_dir() -> pathlib.Path:
     return GLUE_DIR
 
 
+def bert_config(**hf_fields):
+    """A flaxft config for a BERT with these Hugging Face config.json fields (transformers' defaults otherwise)."""
+    return config_from_hf({"model_type": "bert", **hf_fields})
+
+
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"]
 WORDS = "the a movie film plot actor was is very quite really story scene music".split()
 
@@ -59,11 +64,12 @@ WORDS = "the a movie film plot actor was is very quite really story scene music"
 def tiny_model(minilm_dir, tmp_path_factory) -> pathlib.Path:
     """A tiny random BERT checkpoint in Hugging Face layout, with MiniLM's (real) uncased tokenizer."""
     folder = tmp_path_factory.mktemp("tiny-bert")
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=128)
-    (folder / "config.json").write_text(json.dumps({**cfg.to_hf_dict(), "model_type": "bert"}))
+    hf = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,
+          "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 128}
+    (folder / "config.json").write_text(json.dumps(hf))
+    cfg = config_from_hf(hf)
     params = init_params(cfg, 2, jax.random.key(0))
-    state = {k: v for k, v in params_to_state_dict(params).items() if not k.startswith("classifier")}
+    state = {k: v for k, v in params_to_state_dict(params, cfg).items() if not k.startswith("classifier")}
     safetensors.numpy.save_file(state, str(folder / "model.safetensors"))
     for name in TOKENIZER_FILES:
         if (minilm_dir / name).exists():

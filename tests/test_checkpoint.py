@@ -140,7 +140,7 @@ from flaxft.trainer import Trainer
 args, run8 = json.loads(sys.argv[1]), sys.argv[2]
 trainer = Trainer(load_config(args[1], args[2:]))
 out = {"devices": jax.device_count(), "resumed": trainer.resumed_step,
-       "query_spec": str(trainer.state.params["bert"]["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"].sharding.spec)}
+       "query_spec": str(trainer.state.params["encoder"]["layer_0"]["attention"]["query"]["kernel"].sharding.spec)}
 # the 8-device step-8 params, restored exactly onto this mesh
 restored = Checkpoints(run8 + "/checkpoints", read_only=True).restore_params(8, abstract(trainer.state.params))
 ref = np.load(run8 + "/params8.npz")

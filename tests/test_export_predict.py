@@ -11,7 +11,7 @@ from flax import traverse_util
 from flaxft.checkpoint import Checkpoints
 from flaxft.cli import run_main
 from flaxft.config import load_config
-from flaxft.model.convert import load_pretrained
+from flaxft.model import load_pretrained
 from flaxft.predict import main as predict_main, predict
 from flaxft.train import main as train_main
 

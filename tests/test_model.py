@@ -1,4 +1,6 @@
-"""flaxft's Flax BERT against transformers' PyTorch BertForSequenceClassification, plus conversion."""
+"""BERT specifics and checkpoint reading: torch .bin without torch, the real MiniLM, conversion edge cases.
+
+What every family shares (logits, gradients, packing, bf16, remat, fresh heads) is in test_families.py."""
 
 import json
 import logging
@@ -17,8 +19,8 @@ import transformers
 
 from flaxft.errors import FlaxftError
 from flaxft.model import (
-    BertConfig,
-    BertForSequenceClassification,
+    build,
+    config_from_hf,
     init_params,
     load_pretrained,
     params_to_state_dict,
@@ -77,7 +79,7 @@ def torch_logits(model, ids, mask, types):
 
 
 def flax_logits(config, params, num_labels, ids, mask, types, **kw):
-    model = BertForSequenceClassification(config, num_labels, **{k: kw.pop(k) for k in ("dtype", "remat") if k in kw})
+    model = build(config, num_labels, **{k: kw.pop(k) for k in ("dtype", "remat") if k in kw})
     return np.asarray(jax.jit(model.apply)({"params": params}, ids, mask, types, **kw))
 
 
@@ -106,24 +108,6 @@ def test_tiny_parity_safetensors(tiny, tmp_path, caplog):
     np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
 
 
-def test_tiny_gradient_parity(tiny, tmp_path):
-    """Every parameter's gradient equals PyTorch's, although the last layer computes only the [CLS] rows."""
-    tiny.save_pretrained(tmp_path)
-    config, params = load_pretrained(tmp_path, 3, rng=jax.random.key(0))
-    ids, mask, types = tiny_batch()
-    model = BertForSequenceClassification(config, 3)
-    grads = jax.jit(jax.grad(lambda p: (model.apply({"params": p}, ids, mask, types) ** 2).sum()))(params)
-    tiny.zero_grad()
-    logits = tiny(input_ids=torch.as_tensor(ids, dtype=torch.long), attention_mask=torch.as_tensor(mask),
-                  token_type_ids=torch.as_tensor(types, dtype=torch.long)).logits
-    (logits**2).sum().backward()
-    want = {k: p.grad.numpy() for k, p in tiny.named_parameters()}
-    got = params_to_state_dict(grads)
-    assert set(got) == set(want)
-    for key in want:
-        np.testing.assert_allclose(got[key], want[key], atol=1e-4, rtol=1e-3, err_msg=key)
-
-
 def test_tiny_parity_torch_bin_loaded_without_torch(tiny, tmp_path):
     # What save_pretrained(safe_serialization=False) wrote before transformers 5 dropped it.
     tiny.config.save_pretrained(tmp_path)
@@ -132,13 +116,14 @@ def test_tiny_parity_torch_bin_loaded_without_torch(tiny, tmp_path):
     np.savez(tmp_path / "batch.npz", *batch)
     script = textwrap.dedent(
         f"""
-        import sys, jax, numpy as np
-        from flaxft.model import BertForSequenceClassification, load_pretrained
+        import sys
+        sys.modules["torch"] = None  # any `import torch` now fails: flaxft must read the .bin without it
+        import jax, numpy as np
+        from flaxft.model import build, load_pretrained
         config, params = load_pretrained({str(tmp_path)!r}, 3, rng=jax.random.key(0))
         b = np.load({str(tmp_path / "batch.npz")!r})
-        logits = BertForSequenceClassification(config, 3).apply({{"params": params}}, b["arr_0"], b["arr_1"], b["arr_2"])
+        logits = build(config, 3).apply({{"params": params}}, b["arr_0"], b["arr_1"], b["arr_2"])
         np.save({str(tmp_path / "logits.npy")!r}, np.asarray(logits))
-        assert "torch" not in sys.modules, "flaxft imported torch"
         """
     )
     subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT)
@@ -164,8 +149,8 @@ def test_gelu_new_and_regression_parity():
     batch = tiny_batch(seed=1)
     for num_labels, act in [(3, "gelu_new"), (1, "gelu"), (2, "relu")]:
         model = tiny_torch_model(num_labels, seed=1, hidden_act=act)
-        config = BertConfig.from_hf_dict(model.config.to_dict())
-        assert config.hidden_act == act
+        config = config_from_hf(model.config.to_dict())
+        assert config.activation == act
         params = state_dict_to_params(numpy_state_dict(model), config, num_labels, jax.random.key(0))
         got = flax_logits(config, params, num_labels, *batch)
         assert got.shape == (3, num_labels)
@@ -197,48 +182,49 @@ def test_minilm_base_checkpoint_gets_fresh_classifier(minilm_dir, caplog):
     # BertModel checkpoint: no "bert." prefix and no classifier.
     with caplog.at_level(logging.WARNING, logger="flaxft"):
         config, params = load_pretrained(minilm_dir, 2, rng=jax.random.key(0))
-    assert "classifier/kernel" in caplog.text and "bert/encoder" not in caplog.text
-    assert config.hidden_size == 384 and config.num_hidden_layers == 6
+    assert "head/out/kernel" in caplog.text and "encoder/" not in caplog.text
+    assert config.hidden_size == 384 and config.num_layers == 6
     raw = read_hf_state_dict(minilm_dir)
     np.testing.assert_array_equal(
-        params["bert"]["encoder"]["layer_5"]["attention"]["self"]["query"]["kernel"],
+        params["encoder"]["layer_5"]["attention"]["query"]["kernel"],
         raw["encoder.layer.5.attention.self.query.weight"].T,
     )
-    kernel = np.asarray(params["classifier"]["kernel"])
+    np.testing.assert_array_equal(params["head"]["dense"]["kernel"], raw["pooler.dense.weight"].T)  # BERT's pooler
+    kernel = np.asarray(params["head"]["out"]["kernel"])
     assert kernel.shape == (384, 2) and 0.01 < kernel.std() < 0.03
-    assert not np.asarray(params["classifier"]["bias"]).any()
+    assert not np.asarray(params["head"]["out"]["bias"]).any()
 
 
 # ------------------------------------------------------------------------------ conversion
 
 
 def test_round_trip_to_torch(tmp_path):
-    config = BertConfig(**TINY, initializer_range=0.2)
+    config = config_from_hf({"model_type": "bert", **TINY, "initializer_range": 0.2})
     params = init_params(config, 3, jax.random.key(1))
-    state = params_to_state_dict(params)
-    model = transformers.BertForSequenceClassification(transformers.BertConfig(**config.to_hf_dict(), num_labels=3))
+    state = params_to_state_dict(params, config)
+    model = transformers.BertForSequenceClassification(transformers.BertConfig(**config.to_hf(), num_labels=3))
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
     batch = tiny_batch(seed=2)
     np.testing.assert_allclose(flax_logits(config, params, 3, *batch), torch_logits(model.eval(), *batch), atol=ATOL)
     # ... and back through a safetensors folder.
     safetensors.numpy.save_file(state, tmp_path / "model.safetensors")
-    (tmp_path / "config.json").write_text(json.dumps(config.to_hf_dict()))
+    (tmp_path / "config.json").write_text(json.dumps(config.to_hf()))
     config2, params2 = load_pretrained(tmp_path, 3, rng=jax.random.key(0))
     assert config2 == config
     jax.tree.map(np.testing.assert_array_equal, params2, params)
 
 
 def test_classifier_shape_mismatch_is_reinitialized(tiny, caplog):
-    config = BertConfig.from_hf_dict(tiny.config.to_dict())
+    config = config_from_hf(tiny.config.to_dict())
     with caplog.at_level(logging.WARNING, logger="flaxft"):
         params = state_dict_to_params(numpy_state_dict(tiny), config, 5, jax.random.key(0))
-    assert params["classifier"]["kernel"].shape == (32, 5)
-    assert "re-initializing the classifier" in caplog.text
-    np.testing.assert_array_equal(params["bert"]["pooler"]["dense"]["bias"], tiny.bert.pooler.dense.bias.detach().numpy())
+    assert params["head"]["out"]["kernel"].shape == (32, 5)
+    assert "'classifier.weight' has shape (3, 32), not (5, 32)" in caplog.text and "re-initializing it" in caplog.text
+    np.testing.assert_array_equal(params["head"]["dense"]["bias"], tiny.bert.pooler.dense.bias.detach().numpy())
 
 
 def test_legacy_names_and_ignored_keys(tiny):
-    config = BertConfig.from_hf_dict(tiny.config.to_dict())
+    config = config_from_hf(tiny.config.to_dict())
     state = {}
     for k, v in numpy_state_dict(tiny).items():
         k = k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
@@ -251,7 +237,7 @@ def test_legacy_names_and_ignored_keys(tiny):
 
 
 def test_missing_encoder_weight_raises(tiny):
-    config = BertConfig.from_hf_dict(tiny.config.to_dict())
+    config = config_from_hf(tiny.config.to_dict())
     state = numpy_state_dict(tiny)
     del state["bert.encoder.layer.1.output.dense.weight"]
     with pytest.raises(FlaxftError, match="layer.1.output.dense.weight"):
@@ -267,18 +253,22 @@ def test_missing_files_raise(tiny, tmp_path):
     with pytest.raises(FlaxftError, match="model.safetensors.*pytorch_model.bin"):
         load_pretrained(tmp_path, 2, rng=jax.random.key(0))
     config, params = load_pretrained(tmp_path, 2, rng=jax.random.key(0), random_init=True)
-    assert params["classifier"]["kernel"].shape == (32, 2)
+    assert params["head"]["out"]["kernel"].shape == (32, 2)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
 
 
 def test_unsupported_configs_raise():
-    with pytest.raises(FlaxftError, match="model_type"):
-        BertConfig.from_hf_dict({"model_type": "roberta"})
-    with pytest.raises(FlaxftError, match="position_embedding_type"):
-        BertConfig.from_hf_dict({"model_type": "bert", "position_embedding_type": "relative_key"})
-    with pytest.raises(FlaxftError, match="hidden_act"):
-        BertConfig.from_hf_dict({"hidden_act": "swish"})
-    assert BertConfig.from_hf_dict({"model_type": "bert", "foo": 1, "pad_token_id": None}).pad_token_id == 0
+    with pytest.raises(FlaxftError, match="model_type 'gpt2' is not supported"):
+        config_from_hf({"model_type": "gpt2"})
+    with pytest.raises(FlaxftError, match="no model_type"):
+        config_from_hf({"hidden_size": 32})
+    with pytest.raises(FlaxftError, match="position_embedding_type 'relative_key'"):
+        config_from_hf({"model_type": "bert", "position_embedding_type": "relative_key"})
+    with pytest.raises(FlaxftError, match="activation 'swish'"):
+        config_from_hf({"model_type": "bert", "hidden_act": "swish"})
+    with pytest.raises(FlaxftError, match="is_decoder"):
+        config_from_hf({"model_type": "bert", "is_decoder": True})
+    assert config_from_hf({"model_type": "bert", "foo": 1, "pad_token_id": None}).pad_token_id == 0
 
 
 # ------------------------------------------------------------------------------ model behaviour
@@ -286,13 +276,13 @@ def test_unsupported_configs_raise():
 
 @pytest.fixture(scope="module")
 def tiny_flax():
-    config = BertConfig(**TINY, initializer_range=0.2)
+    config = config_from_hf({"model_type": "bert", **TINY, "initializer_range": 0.2})
     return config, init_params(config, 3, jax.random.key(0))
 
 
 def test_dropout_uses_rng(tiny_flax):
     config, params = tiny_flax
-    model = BertForSequenceClassification(config, 3)
+    model = build(config, 3)
     batch = tiny_batch()
 
     @jax.jit
@@ -315,7 +305,7 @@ def test_bf16_and_remat(tiny_flax):
     np.testing.assert_allclose(flax_logits(config, params, 3, *batch, remat=True), ref, atol=1e-6)
 
     def loss(p, remat):
-        model = BertForSequenceClassification(config, 3, remat=remat)
+        model = build(config, 3, remat=remat)
         return (model.apply({"params": p}, *batch) ** 2).sum()
 
     grad = jax.jit(jax.grad(loss), static_argnums=1)
@@ -325,9 +315,9 @@ def test_bf16_and_remat(tiny_flax):
 
 def test_segment_ids_isolate_packed_examples(tiny_flax):
     config, params = tiny_flax
-    model = BertForSequenceClassification(config, 3)
+    model = build(config, 3)
     a, b = np.array([2, 11, 12, 3]), np.array([2, 21, 3])
-    penultimate = f"layer_{config.num_hidden_layers - 2}"
+    penultimate = f"layer_{config.num_layers - 2}"
 
     @jax.jit
     def hidden_states(ids, mask, types, pos=None, seg=None, cls_index=None):
@@ -336,7 +326,7 @@ def test_segment_ids_isolate_packed_examples(tiny_flax):
             {"params": params}, ids, mask, types, pos, segment_ids=seg, cls_index=cls_index,
             capture_intermediates=lambda mdl, _: mdl.name in ("encoder", penultimate),
         )
-        encoder = state["intermediates"]["bert"]["encoder"]
+        encoder = state["intermediates"]["encoder"]
         return encoder[penultimate]["__call__"][0], encoder["__call__"][0]
 
     packed = np.array([[*a, *b, 0]])

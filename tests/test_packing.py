@@ -12,11 +12,11 @@ from flaxft.data import buckets, packing
 from flaxft.data.buckets import FILLER
 from flaxft.data.loading import load_splits
 from flaxft.data.tokenize import TokenizedSplit, load_tokenizer, tokenize_split
-from flaxft.model import BertConfig, BertForSequenceClassification, init_params, load_pretrained
+from flaxft.model import build, init_params, load_pretrained
 from flaxft.steps import example_losses, forward
 from flaxft.train import main as train_main
 
-from tests.conftest import toy_args
+from tests.conftest import bert_config, toy_args
 
 
 def random_split(n: int, seed: int = 0, longest: int = 60) -> TokenizedSplit:
@@ -101,11 +101,11 @@ def packed_vs_unpacked(model, params, split: TokenizedSplit, length: int, slots:
 
 
 def test_packed_logits_match_unpacked_tiny_bert():
-    config = BertConfig(vocab_size=2048, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64)
+    config = bert_config(vocab_size=2048, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=64)
     params = init_params(config, 3, jax.random.key(0))
     split = random_split(24, seed=5)
-    logits, losses, ref, ref_losses = packed_vs_unpacked(BertForSequenceClassification(config, 3), params, split,
+    logits, losses, ref, ref_losses = packed_vs_unpacked(build(config, 3), params, split,
                                                          128, 6)
     assert logits.shape == (24, 3)
     np.testing.assert_allclose(logits, ref, atol=1e-5)
@@ -122,7 +122,7 @@ def test_packed_logits_match_unpacked_minilm_on_mrpc(minilm_dir, glue_dir):
                            offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
                            labels=np.array([int(p[0]) for p in pairs], np.int32))
     config, params = load_pretrained(minilm_dir, 2, rng=jax.random.key(0))
-    logits, losses, ref, ref_losses = packed_vs_unpacked(BertForSequenceClassification(config, 2), params, split,
+    logits, losses, ref, ref_losses = packed_vs_unpacked(build(config, 2), params, split,
                                                          256, 8)
     np.testing.assert_allclose(logits, ref, atol=1e-5)
     np.testing.assert_allclose(losses, ref_losses, atol=1e-5)
@@ -162,10 +162,10 @@ def test_packed_train_step_matches_unpacked():
 
     from flaxft.steps import TrainState, train_step
 
-    config = BertConfig(vocab_size=2048, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
-    model, params = BertForSequenceClassification(config, 3), init_params(config, 3, jax.random.key(0))
+    config = bert_config(vocab_size=2048, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                         attention_probs_dropout_prob=0.0)
+    model, params = build(config, 3), init_params(config, 3, jax.random.key(0))
     split = random_split(24, seed=5)
     tx = optax.sgd(1.0)  # the update is minus the gradient
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),

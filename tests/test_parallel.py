@@ -1,6 +1,5 @@
 """Scale-out: mesh layouts, parameter sharding, multi-process runs, gradient accumulation, bf16."""
 
-import dataclasses
 import functools
 import json
 import os
@@ -15,14 +14,15 @@ import pytest
 
 from flaxft.config import MeshConfig, TrainConfig
 from flaxft.errors import FlaxftError
-from flaxft.model import BertConfig, BertForSequenceClassification, init_params
+from flaxft.model import build, init_params
 from flaxft.optim import make_optimizer
 from flaxft.parallel import check_batch_size, make_mesh, tree_shardings
 from flaxft.steps import TrainState, train_step
-from tests.conftest import toy_args
+from tests.conftest import bert_config, toy_args
 
-TINY = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=64, max_position_embeddings=128)
+TINY_HF = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+               max_position_embeddings=128)
+TINY = bert_config(**TINY_HF)
 
 
 def need_8_devices():
@@ -50,20 +50,20 @@ def test_parameters_are_sharded_as_declared(data, fsdp, tensor):
     mesh = make_mesh(MeshConfig(data=data, fsdp=fsdp, tensor=tensor))
     params = init_params(TINY, 2, jax.random.key(0))
     sharded = jax.device_put(params, tree_shardings(mesh, params))
-    layer = sharded["bert"]["encoder"]["layer_0"]
-    query = layer["attention"]["self"]["query"]["kernel"]            # [32, 32]: heads split over tensor
-    up = layer["intermediate"]["dense"]["kernel"]                     # [32, 64]
-    down = layer["output"]["dense"]["kernel"]                         # [64, 32]
-    emb = sharded["bert"]["embeddings"]["word_embeddings"]["embedding"]  # [30522, 32]
+    layer = sharded["encoder"]["layer_0"]
+    query = layer["attention"]["query"]["kernel"]                     # [32, 32]: heads split over tensor
+    up = layer["mlp"]["input"]["kernel"]                              # [32, 64]
+    down = layer["mlp"]["output"]["kernel"]                           # [64, 32]
+    emb = sharded["embeddings"]["word_embeddings"]["embedding"]       # [30522, 32]
     shard = lambda x: x.addressable_shards[0].data.shape  # noqa: E731
     assert shard(query) == (32 // fsdp, 32 // tensor)
     assert shard(up) == (32 // fsdp, 64 // tensor)
     assert shard(down) == (64 // tensor, 32 // fsdp)
     assert shard(emb) == (30522 // tensor, 32 // fsdp)  # 30522 = 2 * 15261 splits over tensor=2
-    assert shard(layer["attention"]["output"]["LayerNorm"]["scale"]) == (32,)  # small: replicated
+    assert shard(layer["attention_norm"]["scale"]) == (32,)  # small: replicated
     opt = jax.eval_shape(make_optimizer(TrainConfig(), 10)[0].init, params)
     opt_sh = tree_shardings(mesh, opt)  # optimizer moments follow their parameters
-    mu = opt_sh[1][0].mu["bert"]["encoder"]["layer_0"]["intermediate"]["dense"]["kernel"]
+    mu = opt_sh[1][0].mu["encoder"]["layer_0"]["mlp"]["input"]["kernel"]
     assert mu.spec == up.sharding.spec
 
 
@@ -124,8 +124,8 @@ def test_same_loss_curve_on_every_layout_and_two_processes(tiny_model, toy_data,
 
 def test_gradient_accumulation_gives_the_same_update():
     """4 micro-batches of 4 == one batch of 16 (dropout off so both see the same function)."""
-    cfg = dataclasses.replace(TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    model = BertForSequenceClassification(cfg, 2)
+    cfg = bert_config(**TINY_HF, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = build(cfg, 2)
     params = init_params(cfg, 2, jax.random.key(0))
     tx, schedule = make_optimizer(TrainConfig(learning_rate=1e-3, warmup_ratio=0.0), 10)
     rng = np.random.default_rng(0)

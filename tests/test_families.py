@@ -1,0 +1,165 @@
+"""Every encoder family against transformers' PyTorch *ForSequenceClassification: logits, gradients, packing.
+
+Each case builds a tiny random model with transformers from a config (all weights perturbed, so swapped
+or transposed names show up), saves it as a Hugging Face folder and loads it with flaxft.
+"""
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from flaxft.data import packing
+from flaxft.data.tokenize import TokenizedSplit
+from flaxft.model import build, load_pretrained, params_to_state_dict, read_config
+
+VOCAB = 99
+# model_type -> (transformers config class, its *ForSequenceClassification class, config overrides)
+CASES = {
+    "bert": (transformers.BertConfig, transformers.BertForSequenceClassification, {}),
+}
+TINY = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+            max_position_embeddings=64)
+
+
+def tiny_config(model_type: str, num_labels: int = 3, **overrides):
+    config_cls, _, extra = CASES[model_type]
+    return config_cls(**{**TINY, **extra, **overrides}, num_labels=num_labels)
+
+
+def tiny_torch_model(model_type: str, num_labels: int = 3, seed: int = 0, **overrides):
+    """A tiny random HF model whose weights are all perturbed, so swapped/transposed names show up."""
+    torch.manual_seed(seed)
+    model = CASES[model_type][1](tiny_config(model_type, num_labels, **overrides)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0.0, 0.2)
+            if "norm" in name.lower() and name.endswith("weight"):
+                p.add_(1.0)
+    return model
+
+
+def mixed_batch(pad_id: int, seed: int = 0, lengths=((5, 5), (4, 3), (2, 2))):
+    """Sentence pairs of different lengths, right-padded with `pad_id` to 10; ids avoid the special ids 0-3."""
+    rng = np.random.default_rng(seed)
+    ids = np.full((len(lengths), 10), pad_id, np.int32)
+    mask = np.zeros_like(ids)
+    types = np.zeros_like(ids)
+    for row, (first, second) in enumerate(lengths):
+        n = first + second
+        ids[row, :n] = rng.integers(4, VOCAB, n)
+        mask[row, :n] = 1
+        types[row, first:n] = 1
+    return ids, mask, types
+
+
+def torch_inputs(model, ids, mask, types):
+    inputs = {"input_ids": torch.as_tensor(ids, dtype=torch.long), "attention_mask": torch.as_tensor(mask)}
+    if getattr(model.config, "type_vocab_size", 0) > 1:  # families with segment embeddings take token types
+        inputs["token_type_ids"] = torch.as_tensor(types, dtype=torch.long)
+    return inputs
+
+
+def flax_types(config, types):
+    return types if config.type_vocab_size > 1 else None
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def family_case(request, tmp_path_factory):
+    """(model_type, torch model, its folder, flaxft config, flaxft params)."""
+    model = tiny_torch_model(request.param)
+    folder = tmp_path_factory.mktemp(request.param)
+    model.save_pretrained(folder)
+    config, params = load_pretrained(folder, 3, rng=jax.random.key(0))
+    return request.param, model, folder, config, params
+
+
+def test_logits_match_transformers(family_case, caplog):
+    model_type, model, folder, config, params = family_case
+    assert config.model_type == model_type
+    ids, mask, types = mixed_batch(model.config.pad_token_id or 0)
+    got = jax.jit(build(config, 3).apply)({"params": params}, ids, mask, flax_types(config, types))
+    with torch.no_grad():
+        want = model(**torch_inputs(model, ids, mask, types)).logits.numpy()
+    assert got.dtype == jnp.float32 and got.shape == (3, 3)
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=0)
+
+
+def test_gradients_match_transformers(family_case):
+    """Every parameter's gradient equals PyTorch's (the last layer computes only the [CLS] rows)."""
+    model_type, model, folder, config, params = family_case
+    ids, mask, types = mixed_batch(model.config.pad_token_id or 0, seed=1)
+    module = build(config, 3)
+    grads = jax.jit(jax.grad(lambda p: (module.apply({"params": p}, ids, mask, flax_types(config, types)) ** 2).sum()))(
+        params)
+    model.zero_grad()
+    (model(**torch_inputs(model, ids, mask, types)).logits ** 2).sum().backward()
+    want = {k: p.grad.numpy() for k, p in model.named_parameters() if p.grad is not None}
+    got = params_to_state_dict(grads, config)
+    assert set(want) <= set(got)
+    scale = max(np.abs(g).max() for g in want.values())  # within 1e-4 relative to the largest gradient
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], atol=1e-4 * scale, rtol=1e-4, err_msg=key)
+
+
+def test_state_dict_round_trip_is_exact(family_case):
+    """params -> HF state dict has exactly the *ForSequenceClassification keys and values transformers has."""
+    model_type, model, folder, config, params = family_case
+    got = params_to_state_dict(params, config)
+    want = {k: v.numpy() for k, v in model.state_dict().items() if v.dtype.is_floating_point}
+    want = {k: v for k, v in want.items() if not k.endswith((".position_ids", ".token_type_ids"))}
+    assert set(got) == set(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_packed_logits_match_unpacked(family_case):
+    """Several examples in one row (segment ids, restarting positions) give each example's own logits."""
+    model_type, model, folder, config, params = family_case
+    pad = model.config.pad_token_id or 0
+    ids, mask, types = mixed_batch(pad, seed=2)
+    lengths = mask.sum(1)
+    split = TokenizedSplit(ids=np.concatenate([r[:n] for r, n in zip(ids, lengths)]),
+                           type_ids=np.concatenate([r[:n] for r, n in zip(types, lengths)]),
+                           offsets=np.concatenate([[0], np.cumsum(lengths)]), labels=np.zeros(len(ids), np.int32))
+    rows = np.array([[0, 2, -1], [1, -1, -1]])
+    batch = packing.collate(split, rows, 24, pad_id=pad)
+    module = build(config, 3)
+    packed = module.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                          flax_types(config, batch["token_type_ids"]), batch["position_ids"],
+                          segment_ids=batch["segment_ids"], cls_index=batch["cls_index"])
+    alone = np.asarray(module.apply({"params": params}, ids, mask, flax_types(config, types)))
+    np.testing.assert_allclose(np.asarray(packed[0, :2]), np.asarray(alone[[0, 2]]), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(packed[1, 0]), np.asarray(alone[1]), atol=1e-5)
+
+
+def test_bfloat16_and_remat(family_case):
+    model_type, model, folder, config, params = family_case
+    ids, mask, types = mixed_batch(model.config.pad_token_id or 0)
+    types = flax_types(config, types)
+    ref = np.asarray(build(config, 3).apply({"params": params}, ids, mask, types))
+    bf16 = np.asarray(build(config, 3, dtype=jnp.bfloat16).apply({"params": params}, ids, mask, types))
+    assert bf16.dtype == np.float32
+    np.testing.assert_allclose(bf16, ref, atol=0.1 * np.abs(ref).max() + 1e-2)
+    remat = build(config, 3, remat=True)
+    np.testing.assert_allclose(np.asarray(remat.apply({"params": params}, ids, mask, types)), ref, atol=1e-6)
+
+
+def test_base_checkpoint_gets_a_fresh_head(family_case, tmp_path, caplog):
+    """A base model folder (no head) loads with the head initialised as transformers does."""
+    model_type, model, folder, config, params = family_case
+    base_cls = transformers.AutoModel.from_config(model.config).__class__
+    base = base_cls.from_pretrained(folder)
+    base.save_pretrained(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="flaxft"):
+        config2, params2 = load_pretrained(tmp_path, 2, rng=jax.random.key(0))
+    assert read_config(tmp_path).model_type == model_type
+    assert "head/out/kernel" in caplog.text and "encoder/" not in caplog.text
+    kernel = np.asarray(params2["head"]["out"]["kernel"])
+    assert kernel.shape == (config.hidden_size, 2) and 0.01 < kernel.std() < 0.03
+    assert not np.asarray(params2["head"]["out"]["bias"]).any()
+    jax.tree.map(np.testing.assert_array_equal, params2["encoder"], params["encoder"])
