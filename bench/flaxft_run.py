@@ -57,9 +57,9 @@ def trained_batches(trainer):
     follows (each epoch's plan, bucketed or packed, is a pure function of seed and epoch), cut at total_steps."""
     from flaxft.data import buckets
 
-    lengths, left = trainer.splits["train"].lengths, trainer.total_steps
+    lengths, left = trainer.plan.lengths, trainer.total_steps
     for epoch in range(math.ceil(trainer.total_steps / trainer.steps_per_epoch)):
-        plan = trainer._train_plan(epoch)
+        plan = trainer.plan.epoch(epoch)
         for b in plan[:left]:
             yield lengths[b.indices[b.indices != buckets.FILLER]], b.length, len(b.indices)
         left -= len(plan)
@@ -113,8 +113,8 @@ def main(argv=None) -> None:
         "first_step_seconds_from_train_call": summary["first_step_seconds"],
         "wall_seconds_in_process": done - LAUNCH,
         "metrics": metrics,
-        "eval_examples": len(trainer.splits[trainer.raw.eval_splits[0]]),
-        "num_labels": trainer.raw.num_labels,
+        "eval_examples": len(trainer.setup.data.splits[trainer.setup.data.raw.eval_splits[0]]),
+        "num_labels": trainer.setup.data.raw.num_labels,
         "buckets": summary["buckets"],
         "token_stats": token_stats(trained_batches(trainer)),
         "num_devices": summary["num_devices"],

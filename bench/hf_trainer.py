@@ -68,7 +68,7 @@ def main(argv=None) -> None:
     )
 
     from flaxft.config import DataConfig
-    from flaxft.data.loading import load_splits
+    from flaxft.data.sources import load_splits
     from flaxft.metrics import compute_metrics
 
     setup_start = time.time()

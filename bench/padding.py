@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from flaxft.config import load_config
 from flaxft.data import buckets
-from flaxft.data.loading import load_splits
+from flaxft.data.sources import load_splits
 from flaxft.data.tasks import get_task
 from flaxft.data.tokenize import load_tokenizer, tokenize_split
 

@@ -31,7 +31,6 @@ from flaxft import storage
 from flaxft.errors import FlaxftError
 
 log = logging.getLogger("flaxft")
-logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes at INFO
 
 CHECKPOINTS = "checkpoints"
 TMP_MARK = ".orbax-checkpoint-tmp"
@@ -139,7 +138,8 @@ class Checkpoints:
 
     def save(self, step: int, state, meta: dict, metrics: Optional[dict] = None) -> bool:
         """Start writing `state` at `step` (returns once the arrays are copied off the devices)."""
-        assert not self.read_only, "this Checkpoints was opened read-only"
+        if self.read_only:
+            raise RuntimeError(f"internal error: the checkpoints in '{self.directory}' were opened read-only")
         if step in self.steps():
             return False  # already saved (e.g. the last step of a run being rerun)
         if metrics and self.best_metric and self.best_metric not in metrics:

@@ -282,6 +282,9 @@ def validate(cfg: Config) -> None:
     need(d.pad_to_multiple_of >= 1, "data.pad_to_multiple_of must be >= 1")
     need(d.packed_length is None or d.packed_length >= 8, "data.packed_length must be >= 8 (or null)")
     need(d.max_examples_per_row >= 1, "data.max_examples_per_row must be >= 1")
+    for key in ("max_train_samples", "max_eval_samples"):
+        limit = getattr(d, key)
+        need(limit is None or limit >= 1, f"data.{key}={limit} must be at least 1; unset it to use every row")
     if d.bucket_boundaries is not None:
         b = d.bucket_boundaries
         need(len(b) > 0 and all(x > 0 for x in b) and b == sorted(set(b)),

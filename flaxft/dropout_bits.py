@@ -8,10 +8,13 @@ two rounds of a well-mixed integer hash (Wellons' lowbias32: xor-shift-multiply,
 and the element's index in the full array, so a sharded step draws the same mask as an unsharded
 one. Keys are split and folded in with threefry, so key handling keeps its statistical quality;
 only the bulk bits are cheaper, as in GPU dropout kernels (counter-based Philox in PyTorch).
-Checkpoints store the raw key data (uint32[2]), the same for both kinds.
+Checkpoints store the raw key data (uint32[2]), the same for both kinds. The implementation is registered
+with JAX the first time a hash key is made, not at import.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.extend.random
@@ -57,21 +60,17 @@ def _random_bits(key: jax.Array, bit_width: int, shape: tuple[int, ...]) -> jax.
     return _hash_words(key, shape).astype(jnp.dtype(f"uint{bit_width}"))  # 8/16: the low bits
 
 
-_threefry = jax.extend.random.threefry_prng_impl
-
-HASH_IMPL = jax.extend.random.define_prng_impl(
-    key_shape=(2,),
-    seed=_threefry.seed,
-    split=_threefry.split,
-    fold_in=_threefry.fold_in,
-    random_bits=_random_bits,
-    name="flaxft_hash32",
-    tag="fhash",
-)
+@functools.cache
+def hash_impl():
+    """The hash PRNG implementation (key handling is threefry's), registered with JAX once, on first use."""
+    threefry = jax.extend.random.threefry_prng_impl
+    return jax.extend.random.define_prng_impl(key_shape=(2,), seed=threefry.seed, split=threefry.split,
+                                              fold_in=threefry.fold_in, random_bits=_random_bits,
+                                              name="flaxft_hash32", tag="fhash")
 
 
 def dropout_key(key_data: jax.Array, kind: str) -> jax.Array:
     """A typed PRNG key from raw uint32[2] key data, drawing its bits the `kind` way."""
     if kind not in KINDS:
         raise FlaxftError(f"train.dropout_rng='{kind}' is not supported; use one of {list(KINDS)}")
-    return jax.random.wrap_key_data(key_data, impl=HASH_IMPL if kind == "hash" else "threefry2x32")
+    return jax.random.wrap_key_data(key_data, impl=hash_impl() if kind == "hash" else "threefry2x32")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import socket
 import threading
 import urllib.parse
@@ -15,6 +16,7 @@ import urllib.request
 
 import huggingface_hub
 
+from flaxft import storage
 from flaxft.errors import FlaxftError
 
 MODEL_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -50,9 +52,14 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return bool(result)
 
 
-def looks_like_path(name: str) -> bool:
-    """Hub ids are `name` or `org/name`; anything else is meant as a local path."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` (a model or a data path) means a Hub repository: `name` or `org/name`, not written as a
+    path (./, /, ~, gs://) and not an existing local file or folder."""
+    return not (storage.is_remote(name) or name.startswith((".", "/", "~")) or pathlib.Path(name).expanduser().exists()
+                or not _HUB_ID.match(name))
 
 
 def resolve_model(name_or_path: str) -> pathlib.Path:
@@ -60,7 +67,7 @@ def resolve_model(name_or_path: str) -> pathlib.Path:
     path = pathlib.Path(name_or_path).expanduser()
     if path.is_dir():
         return path
-    if looks_like_path(name_or_path) or path.exists():
+    if not is_hub_id(name_or_path):
         raise FlaxftError(f"model.name_or_path: folder '{name_or_path}' does not exist; "
                           "give a checkpoint folder with config.json and model.safetensors, or a Hub id")
     online = hub_reachable()

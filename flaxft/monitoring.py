@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import pathlib
 import signal
 import threading
 import time
@@ -15,16 +14,6 @@ from flaxft.data import buckets
 
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # a compile, or a load from the cache
 CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
-
-
-def enable_compilation_cache(folder: str | None) -> None:
-    """Keep compiled executables on disk, so an identical rerun (or the next seed) compiles nothing.
-
-    JAX reads the folder setting when it first compiles, so this must run before anything is jitted.
-    """
-    if folder:
-        jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(folder).expanduser()))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # every step executable, however fast
 
 
 class CompileCounter:

@@ -8,16 +8,19 @@ the same in every encoder family (flaxft.model.layers); a family adds rules for 
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
-import os
 import re
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from flaxft.config import DistributedConfig, MeshConfig
+from flaxft.config import MeshConfig
 from flaxft.errors import FlaxftError
+
+log = logging.getLogger("flaxft")
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -33,19 +36,6 @@ PARAM_RULES: list[tuple[str, P]] = [
     (r"mlp/output/kernel$", P("tensor", "fsdp")),
     (r".*", P()),
 ]
-
-
-def initialize_distributed(cfg: DistributedConfig) -> None:
-    """Join a multi-process run before JAX touches any device.
-
-    Explicit (`distributed.*` keys; CPU processes talk over gloo) or automatic on a multi-host Cloud TPU
-    slice, where each worker's environment names all hosts. A single process needs nothing.
-    """
-    if cfg.coordinator_address is not None:
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # only affects CPU devices
-        jax.distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
-    elif len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
-        jax.distributed.initialize()
 
 
 def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
@@ -92,9 +82,16 @@ def _path_str(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
+@functools.cache
+def _log_dropped(pattern: str, axis: str, size: int, dim: int) -> None:
+    """Once per rule and axis: a mesh axis that a parameter's dimension cannot be split over."""
+    log.info("partition rule %r: mesh axis %s (size %d) does not divide a dimension of %d; that dimension is "
+             "not split over it", pattern, axis, size, dim)
+
+
 def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh, rules=()) -> P:
     """The first matching rule's spec for this leaf (`rules`, then PARAM_RULES), dropping axes that don't
-    divide the dimension evenly."""
+    divide the dimension evenly (logged once per rule)."""
     for pattern, spec in (*rules, *PARAM_RULES):
         if re.search(pattern, path):
             break
@@ -103,6 +100,8 @@ def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh, rules=()) -> P:
     dims = []
     for dim, axis in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
         size = 1 if axis is None else math.prod(mesh.shape[a] for a in np.atleast_1d(axis))
+        if size > 1 and dim % size:
+            _log_dropped(pattern, str(axis), size, dim)
         dims.append(axis if size > 1 and dim % size == 0 else None)
     return P(*dims)
 
@@ -120,7 +119,9 @@ def local_rows(sharding: NamedSharding, rows: int) -> slice:
     starts = [idx[0].start or 0 for idx in index_map.values()]
     stops = [rows if idx[0].stop is None else idx[0].stop for idx in index_map.values()]
     block = slice(min(starts), max(stops))
-    assert block.stop - block.start == rows // jax.process_count(), "a process's batch rows must be contiguous"
+    if block.stop - block.start != rows // jax.process_count():
+        raise FlaxftError(f"this process's devices hold batch rows {block.start}..{block.stop} of {rows}, not one "
+                          "contiguous block of its share; use a mesh whose data x fsdp axes follow the processes")
     return block
 
 

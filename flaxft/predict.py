@@ -5,8 +5,8 @@ exported Hugging Face folder, for splits of the training data (default: the test
 of your own. Writes ``<split>.tsv`` (index, predicted label or value, class probabilities), GLUE
 submission files for GLUE test splits, and prints metrics when the data has labels.
 
-It runs the Trainer's own evaluation path: the trained length buckets (plus one more only if the inputs
-are longer), one ahead-of-time compilation per bucket at most.
+It runs the training's own evaluation path (flaxft.evaluation.Predictor): the trained length buckets (plus
+one more only if the inputs are longer), one ahead-of-time compilation per bucket at most.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import dataclasses
 import io
 import json
 import logging
-import math
 import sys
 from typing import Optional
 
@@ -25,8 +24,8 @@ from flaxft import storage
 from flaxft.checkpoint import CHECKPOINTS, Checkpoints, default_best_metric
 from flaxft.cli import run_main
 from flaxft.config import Config, load_config
-from flaxft.data.loading import (RawData, _as_int, _dataset, _missing, _pick_text_columns, _read_file, _texts,
-                                 load_splits)
+from flaxft.data.labels import LabelCodec
+from flaxft.data.sources import RawData, from_file, load_splits
 from flaxft.data.tasks import get_task
 from flaxft.errors import FlaxftError
 from flaxft.export import EXPORT, INFO_FILE, read_labels
@@ -110,45 +109,12 @@ def open_model(path: str, overrides: list[str], checkpoint: str = "best") -> Sou
 
 
 def _file_data(file: str, source: Source, overrides: list[str]) -> RawData:
-    """Your own file (.csv, .tsv, .json, .jsonl, .parquet): the model's text columns, labels optional."""
-    path = storage.path(file)
-    if not path.is_file():
-        raise FlaxftError(f"--file: '{file}' not found; check the path")
+    """Your own file (.csv, .tsv, .json, .jsonl, .parquet): the model's text columns, labels optional (names or ids)."""
     cfg, info = source.config, source.info
-    table = _read_file("test_file", str(path))
     wanted = cfg.data.text_columns if _overridden(overrides, "data.text_columns") else info.get("text_columns")
-    columns = tuple(wanted) if wanted else _pick_text_columns(None, table, str(path))
-    missing = [c for c in columns if c not in table]
-    if missing:
-        raise FlaxftError(f"{file}: no column {missing[0]!r} (columns: {', '.join(table)}); the model reads "
-                          f"[{','.join(columns)}]: rename the file's columns or set data.text_columns=[...]")
-    texts = {c: _texts(table[c], c, str(path)) for c in columns}
-    n = len(texts[columns[0]])
-    names = info.get("label_names")
-    labels = [_label(v, names, info["is_regression"], file, row)
-              for row, v in enumerate(table.get(cfg.data.label_column) or [None] * n, 1)]
+    codec = LabelCodec.named(None if info["is_regression"] else tuple(info["label_names"]))
     task = get_task(info["task"]) if info.get("task") else None
-    return RawData(splits={path.stem: _dataset(texts, labels, info["is_regression"], file)}, text_columns=columns,
-                   label_names=tuple(names) if names else None, is_regression=info["is_regression"],
-                   num_labels=info["num_labels"], task=task, eval_splits=(), test_splits=(), source=str(path))
-
-
-def _label(value, names, is_regression: bool, file: str, row: int):
-    """A label cell as a class id (by name, or by id) or a float; -1 / NaN when empty."""
-    if _missing(value):
-        return math.nan if is_regression else -1
-    if is_regression:
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise FlaxftError(f"{file}, row {row}: label {value!r} is not a number") from None
-    text = str(value).strip()
-    if text in names:
-        return names.index(text)
-    class_id = _as_int(value)
-    if class_id is None or not 0 <= class_id < len(names):
-        raise FlaxftError(f"{file}, row {row}: label {value!r} is not one of {', '.join(names)} or 0..{len(names) - 1}")
-    return class_id
+    return from_file(file, wanted, cfg.data.label_column, codec, task)
 
 
 def _split_data(splits: list[str], source: Source) -> RawData:
@@ -208,27 +174,32 @@ def write_predictions(out_dir, name: str, pred, raw: RawData) -> list:
 
 
 def predict(model: str, *, splits: list[str] = (), file: Optional[str] = None, output_dir: Optional[str] = None,
-            checkpoint: str = "best", overrides: list[str] = ()) -> dict:
-    """Predict and write the files; returns {split: PredictionOutput} plus "compilations" and "files"."""
+            checkpoint: str = "best", overrides: list[str] = (), runtime_setup: bool = False) -> dict:
+    """Predict and write the files; returns {split: PredictionOutput} plus "compilations" and "files".
+
+    `runtime_setup` does the command line's process-wide set-up (flaxft.runtime.setup) with the model's config."""
+    from flaxft.evaluation import Predictor  # heavy imports after the arguments are checked
     from flaxft.monitoring import CompileCounter
-    from flaxft.trainer import Trainer  # heavy imports after the arguments are checked
 
     if file and splits:
         raise FlaxftError("give --split or --file, not both")
     source = open_model(model, list(overrides), checkpoint)
+    if runtime_setup:
+        from flaxft import runtime
+
+        runtime.setup(source.config)
     raw = _file_data(file, source, list(overrides)) if file else _split_data(list(splits), source)
     log.info("predicting %s with the %s", ", ".join(raw.splits), source.description)
-    trainer = Trainer(source.config, raw=raw, predict_only=True, boundaries=source.info.get("buckets"),
-                      params_from=source.params_from)
+    predictor = Predictor(source.config, raw, boundaries=source.info.get("buckets"), params_from=source.params_from)
     p = storage.path(model)
     run_dir = p.parent if p.name == EXPORT and (p.parent / "config.yaml").is_file() else p
     out_dir = storage.path(output_dir) if output_dir else run_dir / "predictions"
     results, files = {}, []
     with CompileCounter() as compiles:
         for name in raw.splits:
-            results[name] = trainer.predict(name)
+            results[name] = predictor.predict(name)
             files += write_predictions(out_dir, name, results[name], raw)
-    return {**results, "compilations": compiles.count, "buckets": trainer.boundaries, "files": files}
+    return {**results, "compilations": compiles.count, "buckets": predictor.boundaries, "files": files}
 
 
 def main(argv: list[str]) -> int:
@@ -244,8 +215,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*",
                         help="config overrides, e.g. data.path=../glue/MRPC train.eval_batch_size=64")
     args = parser.parse_args(argv)
+    from flaxft import runtime
+
+    runtime.setup()  # before Orbax reads checkpoints (the config comes with the model: see predict())
     out = predict(args.model, splits=args.split, file=args.file, output_dir=args.output_dir,
-                  checkpoint=args.checkpoint, overrides=args.overrides)
+                  checkpoint=args.checkpoint, overrides=args.overrides, runtime_setup=True)
     for name, pred in out.items():
         if hasattr(pred, "metrics") and pred.metrics:
             print(f"{name}: " + " ".join(f"{k}={v:.4f}" for k, v in pred.metrics.items()))

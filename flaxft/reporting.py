@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Optional
 
 import jax
 from etils import epath
@@ -69,3 +69,40 @@ class RunWriter:
             self._jsonl.close()
             self._tb.close()
             self._mirror.close()
+
+
+def summary(trainer, eval_metrics: dict, step: int, tally, train_seconds: float, first_step_seconds: Optional[float],
+            compiles, export_dir) -> dict[str, Any]:
+    """summary.json: the final metrics, what was trained and how fast, compilations, checkpoint and export."""
+    from flaxft.host_memory import host_allocator
+
+    s = trainer.setup
+    return {
+        **eval_metrics,
+        "global_step": step,
+        "epochs": step / trainer.steps_per_epoch,
+        "train_examples": len(trainer.plan.lengths),
+        "train_seconds": train_seconds,
+        "eval_seconds": tally.paused_seconds - trainer.checkpoint_seconds,
+        "compile_seconds": trainer.compiled.compile_seconds,
+        "first_step_seconds": first_step_seconds,
+        "checkpoint_seconds": trainer.checkpoint_seconds,
+        "train_samples_per_second": tally.examples / train_seconds,
+        "train_tokens_per_second": tally.tokens / train_seconds,
+        "padding_efficiency": tally.tokens / max(tally.slots, 1),
+        "buckets": s.data.boundaries,
+        **trainer.plan.info,
+        "train_compilations": trainer.compiled.train_compilations,
+        "eval_compilations": trainer.compiled.eval_compilations,
+        "observed_compilations": compiles.count,
+        "compile_cache_hits": compiles.cache_hits,
+        "num_devices": jax.device_count(),
+        "host_allocator": host_allocator(),
+        "mesh": dict(s.mesh.shape),
+        "model_type": s.model_config.model_type,
+        "task": s.data.raw.task.name if s.data.raw.task else "custom",
+        "model": str(s.config.model.name_or_path),
+        "resumed_from_step": trainer.resumed_step,
+        "best_checkpoint_step": trainer.checkpoints.best_step(),
+        "export": str(export_dir) if export_dir else None,
+    }

@@ -29,7 +29,7 @@ def forward(model, params, batch, *, rng=None) -> jax.Array:
     dropout is active when an rng is given."""
     rngs = None if rng is None else {"dropout": rng}
     packed = {k: batch[k] for k in ("position_ids", "segment_ids", "cls_index") if k in batch}
-    return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+    return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
                        **packed, deterministic=rng is None, rngs=rngs)
 
 

@@ -15,16 +15,16 @@ USAGE = "python -m flaxft.train --config FILE [key=value ...] [--debug]"
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m flaxft.train", usage=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Fine-tune a BERT classifier/regressor.", epilog="config keys (override with key=value):\n" + help_text())
+        description="Fine-tune an encoder classifier/regressor (BERT-family checkpoints).", epilog="config keys (override with key=value):\n" + help_text())
     parser.add_argument("--config", help="YAML config file (e.g. configs/glue/mrpc.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.learning_rate=5e-5")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
 
-    from flaxft.parallel import initialize_distributed
+    from flaxft import runtime
     from flaxft.trainer import Trainer  # heavy imports after the config is known to be valid
 
-    initialize_distributed(cfg.distributed)
+    runtime.setup(cfg)
     Trainer(cfg).train()
     return 0
 

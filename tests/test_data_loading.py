@@ -10,7 +10,7 @@ import huggingface_hub
 import pandas as pd
 import pytest
 
-from flaxft.data.loading import hub_reachable, load_splits
+from flaxft.data.sources import hub_reachable, load_splits
 from flaxft.data.tasks import GLUE_TASKS, get_task
 from flaxft.errors import FlaxftError
 
@@ -296,7 +296,7 @@ def test_custom_label_errors(files):
 def test_from_datasets_types_labels_like_files():
     import datasets
 
-    from flaxft.data.loading import from_datasets
+    from flaxft.data.sources import from_datasets
 
     train = datasets.Dataset.from_dict({"review": ["great", "awful", "fine"], "stars": ["pos", "neg", "pos"]})
     raw = from_datasets({"train": train, "validation": {"review": ["ok"], "stars": ["neg"]}},

@@ -10,7 +10,7 @@ from flaxft.cli import run_main
 from flaxft.config import load_config
 from flaxft.data import buckets, packing
 from flaxft.data.buckets import FILLER
-from flaxft.data.loading import load_splits
+from flaxft.data.sources import load_splits
 from flaxft.data.tokenize import TokenizedSplit, load_tokenizer, tokenize_split
 from flaxft.model import build, init_params, load_pretrained
 from flaxft.steps import example_losses, forward
@@ -94,7 +94,7 @@ def packed_vs_unpacked(model, params, split: TokenizedSplit, length: int, slots:
     losses = example_losses(logits, packed["labels"], is_regression=False)
     real = rows != FILLER
     order = np.argsort(rows[real])
-    alone = split.collate(np.arange(len(split)), int(split.lengths.max()))
+    alone = buckets.collate(split, np.arange(len(split)), int(split.lengths.max()))
     ref = jax.jit(lambda b: forward(model, params, b))(alone)
     return (np.asarray(logits)[real][order], np.asarray(losses)[real][order],
             np.asarray(ref), np.asarray(example_losses(ref, alone["labels"], is_regression=False)))
@@ -173,7 +173,7 @@ def test_packed_train_step_matches_unpacked():
     step = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx, schedule=lambda _: 1.0, is_regression=False))
     rows = packing.pack(split.lengths, 128, 6)
     packed_state, packed_metrics = step(state, packing.collate(split, rows, 128))
-    alone_state, alone_metrics = step(state, split.collate(np.arange(len(split)), int(split.lengths.max())))
+    alone_state, alone_metrics = step(state, buckets.collate(split, np.arange(len(split)), int(split.lengths.max())))
     assert len(rows) < len(split) / 2  # several examples share each row
     np.testing.assert_allclose(packed_metrics["loss"], alone_metrics["loss"], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(packed_state.params), jax.tree.leaves(alone_state.params)):

@@ -140,7 +140,7 @@ def test_gs_without_gcsfs_is_one_clear_error(monkeypatch):
 def test_custom_data_files_on_gcs(gcs, toy_data):
     """CSV through flaxft's own reader, JSON Lines through datasets (fsspec/gcsfs): both read gs:// URLs."""
     from flaxft.config import load_config
-    from flaxft.data.loading import load_splits
+    from flaxft.data.sources import load_splits
 
     lines = (toy_data / "dev.csv").read_text().splitlines()[1:]
     jsonl = "".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in (row.rsplit(",", 1) for row in lines))

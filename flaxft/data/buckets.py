@@ -10,6 +10,7 @@ import dataclasses
 
 import numpy as np
 
+from flaxft.data.tokenize import TokenizedSplit
 from flaxft.errors import FlaxftError
 
 FILLER = -1
@@ -66,16 +67,38 @@ def assign(lengths: np.ndarray, boundaries: list[int]) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class Batch:
-    """One global batch: its bucket length and the example index of each row (FILLER = padding row).
-
-    A packed batch (flaxft.data.packing) has indices [rows, slots]: the examples sharing each row."""
+class BucketBatch:
+    """One global batch: its bucket length and the example index of each row (FILLER = padding row)."""
     length: int
-    indices: np.ndarray
+    indices: np.ndarray  # [rows]
+
+    def rows(self, block: slice) -> "BucketBatch":
+        """The rows `block` of this batch (a process feeds only its own)."""
+        return dataclasses.replace(self, indices=self.indices[block])
+
+    def collate(self, split: TokenizedSplit) -> dict[str, np.ndarray]:
+        return collate(split, self.indices, self.length)
+
+
+def collate(split: TokenizedSplit, indices: np.ndarray, length: int, pad_id=None) -> dict[str, np.ndarray]:
+    """A [rows, length] batch, one example per row; rows with index -1 are filler rows with weight 0."""
+    rows = len(indices)
+    input_ids = np.full((rows, length), split.pad_id if pad_id is None else pad_id, dtype=np.int32)
+    token_type_ids = np.zeros((rows, length), dtype=np.int32)
+    attention_mask = np.zeros((rows, length), dtype=np.int32)
+    for r in np.flatnonzero(indices >= 0):
+        a, b = split.offsets[indices[r]], split.offsets[indices[r] + 1]
+        input_ids[r, :b - a] = split.ids[a:b]
+        if split.type_ids is not None:
+            token_type_ids[r, :b - a] = split.type_ids[a:b]
+        attention_mask[r, :b - a] = 1
+    labels, weights = split.labels_and_weights(indices)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "weights": weights}
+    return batch if split.type_ids is None else {**batch, "token_type_ids": token_type_ids}
 
 
 def plan_batches(lengths: np.ndarray, boundaries: list[int], batch_size: int, *,
-                 shuffle: bool, seed: int = 0, epoch: int = 0) -> list[Batch]:
+                 shuffle: bool, seed: int = 0, epoch: int = 0) -> list[BucketBatch]:
     """Group examples into same-length batches.
 
     shuffle=True (training): members of each bucket and the order of batches are permuted with a
@@ -92,13 +115,13 @@ def plan_batches(lengths: np.ndarray, boundaries: list[int], batch_size: int, *,
         for start in range(0, len(members), batch_size):
             rows = members[start:start + batch_size]
             rows = np.concatenate([rows, np.full(batch_size - len(rows), FILLER, dtype=rows.dtype)])
-            batches.append(Batch(int(length), rows))
+            batches.append(BucketBatch(int(length), rows))
     if shuffle:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
 
 
-def padding_efficiency(lengths: np.ndarray, batches: list[Batch]) -> float:
+def padding_efficiency(lengths: np.ndarray, batches: list) -> float:
     """Real tokens / token slots over a list of batches, bucketed or packed (fillers count as padding)."""
     slots = sum(b.length * len(b.indices) for b in batches)
     real = sum(int(lengths[b.indices[b.indices != FILLER]].sum()) for b in batches)

@@ -7,17 +7,33 @@ layout of lengths (hence the row and step counts) and changes which examples of 
 a row and a step: examples do not travel together for the whole run. An epoch is a pure function
 of (seed, epoch), as the resumable train loop needs.
 
-A packed batch is a buckets.Batch whose `indices` are [rows, slots] example ids (FILLER = empty
-slot; a filler row has only empty slots).
+A PackedBatch's `indices` are [rows, slots] example ids (FILLER = empty slot; a filler row has only
+empty slots).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from flaxft.data.buckets import FILLER, Batch
+from flaxft.data.buckets import FILLER
 from flaxft.data.tokenize import TokenizedSplit
 from flaxft.errors import FlaxftError
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedBatch:
+    """One global batch of packed rows: the row length and the examples sharing each row."""
+    length: int
+    indices: np.ndarray  # [rows, slots]
+
+    def rows(self, block: slice) -> "PackedBatch":
+        """The rows `block` of this batch (a process feeds only its own)."""
+        return dataclasses.replace(self, indices=self.indices[block])
+
+    def collate(self, split: TokenizedSplit) -> dict[str, np.ndarray]:
+        return collate(split, self.indices, self.length)
 
 
 def pack(lengths: np.ndarray, length: int, slots: int, seed=0) -> np.ndarray:
@@ -66,34 +82,35 @@ def rows_per_step(rows: np.ndarray, batch_size: int, multiple: int) -> int:
     return max(multiple, int(round(batch_size / per_row / multiple)) * multiple)
 
 
-def plan_epoch(lengths: np.ndarray, length: int, slots: int, batch_rows: int, *, seed: int, epoch: int) -> list[Batch]:
+def plan_epoch(lengths: np.ndarray, length: int, slots: int, batch_rows: int, *, seed: int,
+               epoch: int) -> list[PackedBatch]:
     """This epoch's batches: the examples packed and the rows shuffled by (seed, epoch); filler rows
     top up the last batch."""
     rows = pack(lengths, length, slots, seed=[seed, epoch])
     order = rows[np.random.default_rng([seed, epoch, 1]).permutation(len(rows))]
     n = -(-len(order) // batch_rows) * batch_rows
     order = np.concatenate([order, np.full((n - len(order), rows.shape[1]), FILLER, dtype=rows.dtype)])
-    return [Batch(length, order[s:s + batch_rows]) for s in range(0, n, batch_rows)]
+    return [PackedBatch(length, order[s:s + batch_rows]) for s in range(0, n, batch_rows)]
 
 
-def collate(split: TokenizedSplit, rows: np.ndarray, length: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+def collate(split: TokenizedSplit, rows: np.ndarray, length: int, pad_id=None) -> dict[str, np.ndarray]:
     """Packed arrays: [R, L] tokens with segment_ids (1..k per example, 0 = padding) and positions
     restarting at 0 per example; [R, K] cls_index (each example's first token), labels and weights."""
     n_rows, slots = rows.shape
-    batch = {k: np.zeros((n_rows, length), np.int32)
-             for k in ("input_ids", "token_type_ids", "attention_mask", "segment_ids", "position_ids")}
-    batch["input_ids"][:] = pad_id
+    keys = ("input_ids", "attention_mask", "segment_ids", "position_ids") + (
+        () if split.type_ids is None else ("token_type_ids",))
+    batch = {k: np.zeros((n_rows, length), np.int32) for k in keys}
+    batch["input_ids"][:] = split.pad_id if pad_id is None else pad_id
     cls_index = np.zeros((n_rows, slots), np.int32)
-    real = rows != FILLER
-    for r, k in zip(*np.nonzero(real)):
+    for r, k in zip(*np.nonzero(rows != FILLER)):
         a, b = split.offsets[rows[r, k]], split.offsets[rows[r, k] + 1]
         start = cls_index[r, k] = (batch["attention_mask"][r] > 0).sum()
         span = slice(start, start + b - a)
         batch["input_ids"][r, span] = split.ids[a:b]
-        batch["token_type_ids"][r, span] = split.type_ids[a:b]
+        if split.type_ids is not None:
+            batch["token_type_ids"][r, span] = split.type_ids[a:b]
         batch["attention_mask"][r, span] = 1
         batch["segment_ids"][r, span] = k + 1
         batch["position_ids"][r, span] = np.arange(b - a)
-    labels = np.where(real, split.labels[np.where(real, rows, 0)], 0).astype(split.labels.dtype)
-    labels = np.nan_to_num(labels) if labels.dtype.kind == "f" else np.maximum(labels, 0)
-    return {**batch, "cls_index": cls_index, "labels": labels, "weights": real.astype(np.float32)}
+    labels, weights = split.labels_and_weights(rows)
+    return {**batch, "cls_index": cls_index, "labels": labels, "weights": weights}

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterator, Sequence
+from typing import Iterator, Sequence, Union
 
 import jax
 
-from flaxft.data import packing
-from flaxft.data.buckets import Batch
+from flaxft.data.buckets import BucketBatch
+from flaxft.data.packing import PackedBatch
 from flaxft.data.tokenize import TokenizedSplit
 from flaxft.parallel import local_rows, put_batch
 
 
-def device_batches(split: TokenizedSplit, plan: Sequence[Batch], sharding, prefetch: int = 2,
-                   pad_id: int = 0) -> Iterator[dict[str, jax.Array]]:
+def device_batches(split: TokenizedSplit, plan: Sequence[Union[BucketBatch, PackedBatch]], sharding,
+                   prefetch: int = 2) -> Iterator[dict[str, jax.Array]]:
     """Yield device-resident batches for `plan` (bucketed or packed), collated and transferred
     `prefetch` batches ahead."""
     q: queue.Queue = queue.Queue(maxsize=prefetch)
@@ -27,9 +27,8 @@ def device_batches(split: TokenizedSplit, plan: Sequence[Batch], sharding, prefe
             for b in plan:
                 if stop.is_set():
                     return
-                rows = b.indices[local_rows(sharding, len(b.indices))]  # only this host's share
-                collate = packing.collate if rows.ndim == 2 else TokenizedSplit.collate
-                q.put(put_batch(collate(split, rows, b.length, pad_id), sharding))
+                own = b.rows(local_rows(sharding, len(b.indices)))  # only this host's share
+                q.put(put_batch(own.collate(split), sharding))
             q.put(done)
         except BaseException as e:  # surface producer errors in the consumer
             q.put(e)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import pathlib
 from typing import Optional
@@ -31,10 +32,11 @@ def load_tokenizer(folder: str | os.PathLike):
 @dataclasses.dataclass
 class TokenizedSplit:
     """Ragged token ids stored flat: example i is ids[offsets[i]:offsets[i+1]]."""
-    ids: np.ndarray           # int32 [total_tokens]
-    type_ids: np.ndarray      # int32 [total_tokens]
-    offsets: np.ndarray       # int64 [n + 1]
-    labels: np.ndarray        # int32 class ids or float32 targets; -1 / NaN when unlabelled
+    ids: np.ndarray                 # int32 [total_tokens]
+    type_ids: Optional[np.ndarray]  # int32 [total_tokens]; None for families without token types
+    offsets: np.ndarray             # int64 [n + 1]
+    labels: np.ndarray              # int32 class ids or float32 targets; -1 / NaN when unlabelled
+    pad_id: int = 0                 # the tokenizer's padding id
 
     @property
     def lengths(self) -> np.ndarray:
@@ -48,66 +50,54 @@ class TokenizedSplit:
         lab = self.labels
         return len(lab) > 0 and bool(np.all(lab >= 0) if lab.dtype.kind == "i" else np.all(np.isfinite(lab)))
 
-    def collate(self, indices: np.ndarray, length: int, pad_id: int = 0) -> dict[str, np.ndarray]:
-        """A [rows, length] batch; rows with index -1 are filler rows with weight 0."""
-        rows = len(indices)
-        input_ids = np.full((rows, length), pad_id, dtype=np.int32)
-        token_type_ids = np.zeros((rows, length), dtype=np.int32)
-        attention_mask = np.zeros((rows, length), dtype=np.int32)
+    def labels_and_weights(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Labels at `indices` (any shape) and a weight of 1 per real example; filler slots (negative indices)
+        get weight 0, and they and unlabelled examples get a harmless label 0."""
         real = indices >= 0
-        for r in np.flatnonzero(real):
-            a, b = self.offsets[indices[r]], self.offsets[indices[r] + 1]
-            input_ids[r, :b - a] = self.ids[a:b]
-            token_type_ids[r, :b - a] = self.type_ids[a:b]
-            attention_mask[r, :b - a] = 1
-        safe = np.where(real, indices, 0)
-        labels = np.where(real, self.labels[safe], 0).astype(self.labels.dtype)
-        if labels.dtype.kind == "f":
-            labels = np.nan_to_num(labels)
-        labels = np.maximum(labels, 0) if labels.dtype.kind == "i" else labels
-        return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask,
-                "labels": labels, "weights": real.astype(np.float32)}
+        labels = np.where(real, self.labels[np.where(real, indices, 0)], 0).astype(self.labels.dtype)
+        labels = np.nan_to_num(labels) if labels.dtype.kind == "f" else np.maximum(labels, 0)
+        return labels, real.astype(np.float32)
 
 
-def _cache_key(ds: datasets.Dataset, text_columns, tokenizer, max_seq_length: int) -> str:
+def _cache_key(ds: datasets.Dataset, text_columns, tokenizer, max_seq_length: int, token_type_ids: bool) -> str:
+    """The rows in view order, the tokenizer and the settings: two selections of one table never share a key."""
     h = hashlib.sha256()
     h.update(tokenizer.backend_tokenizer.to_str().encode())
-    h.update(repr((tuple(text_columns), max_seq_length, len(ds))).encode())
-    for col in text_columns:  # content hash: a changed file never reuses a stale cache
-        for chunk in ds.data.column(col).chunks:
-            for buf in chunk.buffers():
-                if buf is not None:
-                    h.update(memoryview(buf))
+    h.update(repr((tuple(text_columns), max_seq_length, token_type_ids, len(ds))).encode())
+    for batch in ds.select_columns(list(text_columns)).iter(batch_size=10_000):
+        h.update(json.dumps([batch[c] for c in text_columns]).encode())
     return h.hexdigest()[:24]
 
 
 def tokenize_split(ds: datasets.Dataset, text_columns, tokenizer, max_seq_length: int,
-                   cache_dir: Optional[str] = None) -> TokenizedSplit:
-    """Tokenize with `Dataset.map(batched=True)`, cached under cache_dir by content, tokenizer and length."""
+                   cache_dir: Optional[str] = None, token_type_ids: bool = True) -> TokenizedSplit:
+    """Tokenize with `Dataset.map(batched=True)`, cached under cache_dir by content, tokenizer and length.
+
+    Pairs use the tokenizer's own template (BERT's [SEP], RoBERTa's </s></s>); `token_type_ids` only for
+    model families that read them."""
     cache = pathlib.Path(cache_dir or os.environ.get("FLAXFT_CACHE", pathlib.Path.home() / ".cache" / "flaxft"))
     cache = cache / "tokenized"
     cache.mkdir(parents=True, exist_ok=True)
-    key = _cache_key(ds, text_columns, tokenizer, max_seq_length)
+    key = _cache_key(ds, text_columns, tokenizer, max_seq_length, token_type_ids)
+    columns = ("input_ids", "token_type_ids") if token_type_ids else ("input_ids",)
 
     def encode(batch):
         enc = tokenizer(*[batch[c] for c in text_columns], truncation=True, max_length=max_seq_length,
-                        return_attention_mask=False, return_token_type_ids=True)
-        return {"input_ids": enc["input_ids"], "token_type_ids": enc["token_type_ids"]}
+                        return_attention_mask=False, return_token_type_ids=token_type_ids)
+        return {c: enc[c] for c in columns}
 
-    features = datasets.Features({"input_ids": datasets.List(datasets.Value("int32")),
-                                  "token_type_ids": datasets.List(datasets.Value("int32"))})
+    features = datasets.Features({c: datasets.List(datasets.Value("int32")) for c in columns})
     out = ds.map(encode, batched=True, batch_size=2000, remove_columns=ds.column_names, features=features,
                  cache_file_name=str(cache / f"{key}.arrow"), new_fingerprint=key,
                  load_from_cache_file=True, desc="tokenizing")
     ids = out.data.column("input_ids").combine_chunks()
-    types = out.data.column("token_type_ids").combine_chunks()
     labels = np.asarray(ds["label"])
     labels = labels.astype(np.float32) if labels.dtype.kind == "f" else labels.astype(np.int32)
     offsets = ids.offsets.to_numpy().astype(np.int64)
     span = slice(offsets[0], offsets[-1])  # a sliced arrow array may not start at offset 0
-    return TokenizedSplit(
-        ids=ids.values.to_numpy()[span].astype(np.int32, copy=False),
-        type_ids=types.values.to_numpy()[span].astype(np.int32, copy=False),
-        offsets=offsets - offsets[0],
-        labels=labels,
-    )
+
+    def flat(column: str) -> np.ndarray:
+        return out.data.column(column).combine_chunks().values.to_numpy()[span].astype(np.int32, copy=False)
+
+    return TokenizedSplit(ids=flat("input_ids"), type_ids=flat("token_type_ids") if token_type_ids else None,
+                          offsets=offsets - offsets[0], labels=labels, pad_id=tokenizer.pad_token_id or 0)

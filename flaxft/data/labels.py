@@ -1,0 +1,137 @@
+"""The label codec: what a run's labels are, and how a table cell becomes a label.
+
+Training infers it from the training labels (all integers: class ids 0..max; all numbers, not all
+integers: regression; otherwise the sorted distinct strings are the class names). A GLUE task, or a
+trained model in flaxft.predict, names its classes up front; a cell may then hold a name or a class id.
+Every split of every source is encoded through it, into the datasets label feature it gives
+(`ClassLabel`, or float32 for regression); unlabelled rows are -1 (NaN for regression).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import datasets
+
+from flaxft.errors import FlaxftError
+
+UNLABELLED = -1
+
+
+def is_missing(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip()) or (
+        isinstance(value, float) and math.isnan(value))
+
+
+def as_float(value) -> Optional[float]:
+    """Finite float value of a number or numeric string; None otherwise."""
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    return None
+
+
+def as_int(value) -> Optional[int]:
+    """Integer value of an int, integral float or integer string; None otherwise."""
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            value = as_float(value)
+    if isinstance(value, (bool, int)):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelCodec:
+    kind: str                                # "float" (regression), "int" (class ids), "str" (class names),
+    names: Optional[tuple[str, ...]] = None  # or "named": fixed class names, given as names or ids
+
+    @classmethod
+    def named(cls, names: Optional[tuple[str, ...]]) -> "LabelCodec":
+        """The classes of a GLUE task or a trained model (None: regression)."""
+        return cls("float") if names is None else cls("named", tuple(names))
+
+    @classmethod
+    def infer(cls, values, source: str) -> "LabelCodec":
+        """The codec the training labels imply (see the module docstring)."""
+        present = [v for v in values if not is_missing(v)]
+        if not present:
+            raise FlaxftError(f"{source}: the label column is empty; fill in the labels or set data.label_column")
+        ids = [as_int(v) for v in present]
+        if all(i is not None for i in ids):
+            if min(ids) < 0:
+                raise FlaxftError(f"{source}: label {min(ids)} is negative; class ids must be 0, 1, 2, ...")
+            codec = cls("int", tuple(str(i) for i in range(max(ids) + 1)))
+        elif all(as_float(v) is not None for v in present):
+            return cls("float")
+        else:
+            codec = cls("str", tuple(sorted({str(v).strip() for v in present})))
+        if len(codec.names) < 2:
+            raise FlaxftError(f"{source}: all training labels are {codec.names[0]!r}; a classifier needs at least "
+                              "two classes")
+        return codec
+
+    @property
+    def is_regression(self) -> bool:
+        return self.kind == "float"
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.is_regression else len(self.names)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        names = self.names or tuple(f"LABEL_{i}" for i in range(self.num_labels))
+        return dict(enumerate(names))
+
+    @property
+    def feature(self):
+        """The datasets feature of an encoded label column."""
+        return datasets.Value("float32") if self.is_regression else datasets.ClassLabel(names=list(self.names))
+
+    def encode(self, values, source: str, *, unlabelled_ok: bool) -> list:
+        """Class ids (or floats) for one split; where a test split lacks a label, -1 (NaN for regression)."""
+        return [self._one(value, source, row, unlabelled_ok) for row, value in enumerate(values, 1)]
+
+    def _one(self, value, source: str, row: int, unlabelled_ok: bool):
+        where = f"{source}, row {row}"
+        if is_missing(value):
+            if not unlabelled_ok:
+                raise FlaxftError(f"{where}: no label; fill it in or drop the row")
+            return math.nan if self.is_regression else UNLABELLED
+        if self.is_regression:
+            number = as_float(value)
+            if number is None:
+                raise FlaxftError(f"{where}: label {value!r} is not a number like the training labels; fix that row")
+            return number
+        name = str(value).strip()
+        if self.kind != "int" and name in self.names:
+            return self.names.index(name)
+        if self.kind == "str":
+            raise FlaxftError(f"{where}: label {name!r} never appears in the training labels "
+                              f"({', '.join(self.names)}); fix the label or add training examples of it")
+        class_id = as_int(value)
+        if self.kind == "named":
+            if class_id is None or not 0 <= class_id < len(self.names):
+                raise FlaxftError(f"{where}: label {value!r} is not one of {', '.join(self.names)} "
+                                  f"or 0..{len(self.names) - 1}; fix that row")
+            return class_id
+        if class_id is None:
+            raise FlaxftError(f"{where}: label {value!r} is not an integer class id like the training labels")
+        if class_id == UNLABELLED and unlabelled_ok:
+            return UNLABELLED
+        if class_id < 0:
+            raise FlaxftError(f"{where}: label {class_id} is negative; class ids must be 0, 1, 2, ...")
+        if class_id >= len(self.names):
+            raise FlaxftError(f"{where}: label {class_id} never appears in the training labels "
+                              f"(0..{len(self.names) - 1}); fix the label or add training examples of it")
+        return class_id

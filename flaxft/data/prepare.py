@@ -1,0 +1,90 @@
+"""A run's examples ready to batch: every split tokenized once (cached), the bucket lengths, and the
+training plan (length buckets or packed rows), a pure function of (seed, epoch)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from flaxft.data import buckets, packing
+from flaxft.data.sources import RawData
+from flaxft.data.tokenize import TokenizedSplit, tokenize_split
+
+log = logging.getLogger("flaxft")
+
+
+@dataclasses.dataclass
+class RunData:
+    raw: RawData                         # the splits as loaded, and what the labels are
+    tokenizer: Any
+    splits: dict[str, TokenizedSplit]
+    boundaries: list[int]                # bucket lengths (evaluation and prediction always use them)
+
+
+def prepare(data_cfg, batch_size: int, raw: RawData, tokenizer, *, token_type_ids: bool,
+            trained_boundaries: Optional[list[int]] = None) -> RunData:
+    """Tokenize every split; choose buckets from the training lengths, or keep a trained model's
+    `trained_boundaries` (plus one more if these inputs are longer)."""
+    splits = {name: tokenize_split(ds, raw.text_columns, tokenizer, data_cfg.max_seq_length, data_cfg.cache_dir,
+                                   token_type_ids=token_type_ids) for name, ds in raw.splits.items()}
+    return RunData(raw, tokenizer, splits, _boundaries(data_cfg, batch_size, splits, trained_boundaries))
+
+
+def _boundaries(d, batch_size: int, splits: dict[str, TokenizedSplit], trained: Optional[list[int]]) -> list[int]:
+    longest = max(int(s.lengths.max()) for s in splits.values() if len(s))
+    if trained:
+        top = int(buckets.round_up(longest, d.pad_to_multiple_of))
+        return list(trained) + ([top] if top > trained[-1] else [])
+    if d.bucket_boundaries:
+        return list(d.bucket_boundaries)  # buckets.assign reports an example longer than the last
+    top = int(min(buckets.round_up(longest, d.pad_to_multiple_of), max(d.max_seq_length, longest)))
+    lengths = splits["train"].lengths if "train" in splits else np.concatenate([s.lengths for s in splits.values()])
+    return buckets.choose_boundaries(lengths, d.num_buckets, batch_size, d.pad_to_multiple_of, top)
+
+
+@dataclasses.dataclass(frozen=True)
+class BucketPlan:
+    """Training batches of `batch_size` rows, one length bucket each, shuffled per (seed, epoch)."""
+    lengths: np.ndarray
+    boundaries: list[int]
+    rows_per_step: int
+    seed: int
+    slots = None
+    info: dict = dataclasses.field(default_factory=dict)
+
+    def epoch(self, epoch: int) -> list[buckets.BucketBatch]:
+        return buckets.plan_batches(self.lengths, self.boundaries, self.rows_per_step, shuffle=True, seed=self.seed,
+                                    epoch=epoch)
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedPlan:
+    """Training batches of packed rows, re-packed per (seed, epoch) (see flaxft.data.packing)."""
+    lengths: np.ndarray
+    length: int
+    slots: int
+    rows_per_step: int
+    seed: int
+    info: dict
+
+    def epoch(self, epoch: int) -> list[packing.PackedBatch]:
+        return packing.plan_epoch(self.lengths, self.length, self.slots, self.rows_per_step, seed=self.seed,
+                                  epoch=epoch)
+
+
+def training_plan(d, t, data: RunData, data_parallel: int) -> Union[BucketPlan, PackedPlan]:
+    """The plan `data.packing` asks for; `data_parallel` devices x micro-batches must divide a step's rows."""
+    lengths = data.splits["train"].lengths
+    if not d.packing:
+        return BucketPlan(lengths, data.boundaries, t.batch_size, t.seed)
+    length = d.packed_length or int(buckets.round_up(d.max_seq_length, d.pad_to_multiple_of))
+    rows = packing.pack(lengths, length, d.max_examples_per_row, seed=t.seed)
+    per_step = packing.rows_per_step(rows, t.batch_size, data_parallel * t.grad_accum_steps)
+    info = {"packed_length": length, "max_examples_per_row": d.max_examples_per_row, "packed_rows_per_step": per_step,
+            "examples_per_step_mean": len(lengths) / len(rows) * per_step}
+    log.info("packing: %d training examples in %d rows of %d tokens; %d rows (about %.1f examples) per step",
+             len(lengths), len(rows), length, per_step, info["examples_per_step_mean"])
+    return PackedPlan(lengths, length, d.max_examples_per_row, per_step, t.seed, info)

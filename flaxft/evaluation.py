@@ -1,0 +1,128 @@
+"""Evaluation and prediction: logits for every example of a split, each exactly once, in the run's length
+buckets; GLUE metrics (plus a compute_metrics hook); and a Predictor for a trained model on new data."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+import scipy.special
+from flax import traverse_util
+
+from flaxft import metrics as glue_metrics
+from flaxft.checkpoint import Checkpoints
+from flaxft.compiled import CompiledSteps
+from flaxft.config import Config
+from flaxft.data import buckets
+from flaxft.data.pipeline import device_batches
+from flaxft.data.sources import RawData
+from flaxft.errors import FlaxftError
+from flaxft.model import load_pretrained, param_shapes
+from flaxft.run_setup import RunSetup, set_up_run
+
+
+@dataclasses.dataclass
+class EvalPrediction:
+    """What a compute_metrics hook receives (same fields as transformers.EvalPrediction)."""
+    predictions: np.ndarray   # logits [n, num_labels]
+    label_ids: np.ndarray
+
+
+@dataclasses.dataclass
+class PredictionOutput:
+    predictions: np.ndarray    # class ids, or regression values
+    logits: np.ndarray         # [n, num_labels]
+    probabilities: Optional[np.ndarray]  # softmax of logits (classification only)
+    label_ids: Optional[np.ndarray]
+    metrics: dict[str, float]
+
+
+class Evaluator:
+    def __init__(self, setup: RunSetup, compiled: CompiledSteps,
+                 compute_metrics: Optional[Callable[[EvalPrediction], dict]] = None):
+        self.setup, self.compiled, self.compute_metrics = setup, compiled, compute_metrics
+
+    def outputs(self, params, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and losses for every example of split `name`, in order."""
+        split, s = self.setup.data.splits[name], self.setup
+        plan = buckets.plan_batches(split.lengths, s.data.boundaries, s.eval_batch_size, shuffle=False)
+        batches = device_batches(split, plan, self.compiled.batch_sharding, s.config.train.prefetch)
+        outs = [self.compiled.eval(params, len(b.indices), b.length)(params, batch) for b, batch in zip(plan, batches)]
+        logits = np.zeros((len(split), s.data.raw.num_labels), np.float32)
+        losses = np.zeros(len(split), np.float32)
+        for b, out in zip(plan, jax.device_get(outs)):  # one host transfer for the whole split
+            real = b.indices != buckets.FILLER
+            logits[b.indices[real]] = out["logits"][real]
+            losses[b.indices[real]] = out["loss"][real]
+        return logits, losses
+
+    def scores(self, logits: np.ndarray, losses: np.ndarray, labels: np.ndarray, prefix: str,
+               suffix: str = "") -> dict[str, float]:
+        raw = self.setup.data.raw
+        preds = logits[:, 0] if raw.is_regression else logits.argmax(-1)
+        if raw.task:
+            kind = raw.task.metric
+        else:  # custom data: the key set depends on the label set, never on what one eval split holds
+            kind = "regression" if raw.is_regression else "binary" if raw.num_labels == 2 else "classification"
+        values = {"loss": float(losses.mean()), **glue_metrics.compute_metrics(kind, preds, labels)}
+        if self.compute_metrics is not None:
+            values.update(self.compute_metrics(EvalPrediction(predictions=logits, label_ids=labels)))
+        return {f"{prefix}{k}{suffix}": float(v) for k, v in values.items()}
+
+    def evaluate(self, params, split: Optional[str] = None) -> dict[str, float]:
+        """Metrics named eval_<metric> on the task's evaluation splits (or on `split`).
+
+        Extra evaluation splits get a suffix, as in run_glue: MNLI mismatched gives eval_accuracy_mm.
+        """
+        splits = self.setup.data.splits
+        names = [split] if split else [s for s in self.setup.data.raw.eval_splits if s in splits]
+        out: dict[str, float] = {}
+        for i, name in enumerate(names):
+            if name not in splits:
+                raise FlaxftError(f"no '{name}' split to evaluate; available: {sorted(splits)}")
+            if not splits[name].has_labels:
+                raise FlaxftError(f"split '{name}' has no labels to evaluate; use predict() instead")
+            suffix = "" if i == 0 else "_" + ("mm" if name.endswith("mismatched") else name)
+            out.update(self.scores(*self.outputs(params, name), splits[name].labels, "eval_", suffix))
+        return out
+
+    def predict(self, params, split: str = "test") -> PredictionOutput:
+        """Predictions for a split; metrics too when it has labels."""
+        splits, raw = self.setup.data.splits, self.setup.data.raw
+        if split not in splits:
+            raise FlaxftError(f"no '{split}' split to predict; available: {sorted(splits)}")
+        logits, losses = self.outputs(params, split)
+        probs = None if raw.is_regression else scipy.special.softmax(logits, axis=-1)
+        preds = logits[:, 0] if raw.is_regression else logits.argmax(-1)
+        labels = splits[split].labels if splits[split].has_labels else None
+        metrics = self.scores(logits, losses, labels, "test_") if labels is not None else {}
+        return PredictionOutput(preds, logits, probs, labels, metrics)
+
+
+class Predictor:
+    """A trained model on new data: a run's checkpoint (`params_from=(Checkpoints, step)`) or an exported
+    Hugging Face folder (config.model.name_or_path). No training split, no optimizer; the trained buckets
+    (plus one more only if the inputs are longer), one ahead-of-time compilation per bucket at most."""
+
+    def __init__(self, config: Config, raw: RawData, *, boundaries: Optional[list[int]] = None,
+                 params_from: Optional[tuple[Checkpoints, int]] = None):
+        self.setup = s = set_up_run(config, raw, trained_boundaries=boundaries, training=False)
+        self.compiled = CompiledSteps(s.mesh, s.module, s.family.partition_rules, is_regression=raw.is_regression,
+                                      token_type_ids=s.family.token_type_ids)
+        if params_from is None:
+            _, params = load_pretrained(s.model_dir, raw.num_labels, rng=jax.random.key(config.train.seed))
+            self.params = self.compiled.place(params, seed=config.train.seed).params
+        else:
+            shapes = traverse_util.unflatten_dict(param_shapes(s.model_config, raw.num_labels))
+            checkpoints, step = params_from
+            self.params = checkpoints.restore_params(step, self.compiled.param_target(shapes))
+        self.evaluator = Evaluator(s, self.compiled)
+
+    @property
+    def boundaries(self) -> list[int]:
+        return self.setup.data.boundaries
+
+    def predict(self, split: str) -> PredictionOutput:
+        return self.evaluator.predict(self.params, split)

@@ -1,0 +1,92 @@
+"""Where a run continues from: what a checkpoint records beside the arrays, whether a checkpoint fits this
+run, and which checkpoint to restore.
+
+The data position is the step alone: each epoch's plan is a pure function of (seed, epoch) with a fixed
+number of batches, so a checkpoint's step says exactly where in the data the run was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Optional
+
+import jax
+
+from flaxft import storage
+from flaxft.checkpoint import Checkpoints, locate
+from flaxft.errors import FlaxftError
+
+log = logging.getLogger("flaxft")
+
+# What the arrays or the data order depend on: a checkpoint that differs in any of these cannot continue this run.
+MUST_MATCH = ("task", "label_names", "num_labels", "train.batch_size", "train.seed", "data.max_seq_length", "buckets",
+              "packing", "train_examples", "steps_per_epoch", "model_config")
+
+
+def run_meta(setup, plan, steps_per_epoch: int, total_steps: int) -> dict:
+    """What every checkpoint of this run records besides its step and metrics."""
+    raw, cfg = setup.data.raw, setup.config
+    return {
+        "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "train_examples": len(plan.lengths),
+        "task": raw.task.name if raw.task else None, "label_names": list(raw.label_names or []) or None,
+        "is_regression": raw.is_regression, "num_labels": raw.num_labels, "text_columns": list(raw.text_columns),
+        "buckets": setup.data.boundaries, "packing": plan.info or None, "num_devices": jax.device_count(),
+        "mesh": dict(setup.mesh.shape), "model_config": setup.model_config.to_hf(), "config": cfg.to_dict(),
+    }
+
+
+def step_meta(meta: dict, step: int, metrics: dict) -> dict:
+    """The metadata of the checkpoint at `step`: the data position, the run, the step's eval metrics."""
+    spe = meta["steps_per_epoch"]
+    return {"step": step, "epoch": step // spe, "batch_in_epoch": step % spe, **meta, "metrics": metrics}
+
+
+def _flat(meta: dict) -> dict:
+    cfg = meta.get("config", {})
+    return {**meta, "train.batch_size": cfg.get("train", {}).get("batch_size"),
+            "train.seed": cfg.get("train", {}).get("seed"), "data.max_seq_length": cfg.get("data", {}).get("max_seq_length")}
+
+
+def check_compatible(saved: dict, ours: dict, where) -> None:
+    """Refuse a checkpoint whose run differs in what the arrays or the data order depend on."""
+    saved, ours = _flat(saved), _flat(ours)
+    for key in MUST_MATCH:
+        if saved.get(key) != ours[key]:
+            shown = "a different model" if key == "model_config" else f"{key}={saved.get(key)}, not {ours[key]}"
+            raise FlaxftError(f"checkpoint '{where}' was saved with {shown}; rerun with the settings it was "
+                              "saved with, or use a new output_dir to start over")
+    if saved.get("total_steps") != ours["total_steps"]:
+        log.warning("the checkpoint's run had %s steps, this one has %d: the learning-rate schedule changes",
+                    saved.get("total_steps"), ours["total_steps"])
+
+
+def resume_point(own: Checkpoints, resume_from: Optional[str]) -> Optional[tuple[Checkpoints, int]]:
+    """The run's latest checkpoint; else `resume_from` (a new run from another run's checkpoint: once this run
+    has checkpoints of its own, reruns resume from those); else None."""
+    step = own.latest_step()
+    if step is not None:
+        return own, step
+    if not resume_from:
+        return None
+    directory, step = locate(resume_from)
+    source = Checkpoints(directory, read_only=True)
+    step = source.latest_step() if step is None else step
+    if step is None or step not in source.steps():
+        raise FlaxftError(f"checkpoint.resume_from: no finished checkpoint in '{resume_from}'")
+    return source, step
+
+
+def trim_metrics_log(output_dir, step: int) -> None:
+    """Drop metrics.jsonl events past the resumed step: the rerun logs them again."""
+    path = output_dir / "metrics.jsonl"
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            pass  # a line cut short by a killed process
+    storage.write_text(path, "".join(kept))
