@@ -6,17 +6,18 @@ Unknown keys and wrong types are errors (with the closest valid key suggested), 
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import difflib
 import pathlib
+import sys
 import types
 import typing
 from typing import Any, Optional
 
 import yaml
 
-from flaxft import storage
 from flaxft.errors import FlaxftError
 
 
@@ -212,22 +213,35 @@ def _build(cls, values: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
-def _read_yaml(path: pathlib.Path, seen: tuple = ()) -> dict:
-    """Read a config file, merging it over the file named by its `base:` key (relative path)."""
-    if not path.is_file():
-        raise FlaxftError(f"config file '{path}' not found; pass an existing YAML file, e.g. --config configs/glue/mrpc.yaml")
-    if path.resolve() in seen:
-        raise FlaxftError(f"config file '{path}' includes itself through `base:`; remove the cycle")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise FlaxftError(f"config file '{path}' is not valid YAML ({str(e).splitlines()[0]}); fix its syntax") from None
-    if not isinstance(values, dict):
-        raise FlaxftError(f"config file '{path}' must hold a mapping of keys, not {type(values).__name__}")
-    base = values.pop("base", None)
-    if base is None:
-        return values
-    return _merge(_read_yaml(path.parent / base, seen + (path.resolve(),)), values)
+def base_chain(path: pathlib.Path) -> list[tuple[pathlib.Path, dict]]:
+    """The config file and the files it pulls in through `base:` (a path relative to the file naming it),
+    the config first, each with its values (without `base`)."""
+    chain, seen = [], []
+    while True:
+        if not path.is_file():
+            raise FlaxftError(f"config file '{path}' not found; pass an existing YAML file, e.g. --config configs/glue/mrpc.yaml")
+        if path.resolve() in seen:
+            raise FlaxftError(f"config file '{path}' includes itself through `base:`; remove the cycle")
+        seen.append(path.resolve())
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise FlaxftError(f"config file '{path}' is not valid YAML ({str(e).splitlines()[0]}); fix its syntax") from None
+        if not isinstance(values, dict):
+            raise FlaxftError(f"config file '{path}' must hold a mapping of keys, not {type(values).__name__}")
+        base = values.pop("base", None)
+        chain.append((path, values))
+        if base is None:
+            return chain
+        path = path.parent / base
+
+
+def _read_yaml(path: pathlib.Path) -> dict:
+    """Read a config file, merged over the files of its `base:` chain."""
+    values: dict = {}
+    for _, file_values in reversed(base_chain(path)):
+        values = _merge(values, file_values)
+    return values
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -258,6 +272,8 @@ def load_config(path: Optional[str | pathlib.Path] = None, overrides: list[str] 
                 base: Optional[dict] = None) -> Config:
     """Config = defaults <- YAML file (and its bases) or `base` (a saved Config.to_dict()) <- key=value
     overrides, then validated."""
+    from flaxft import storage  # here, not at the top: `python -m flaxft.config` needs only PyYAML
+
     values = _read_yaml(storage.path(path)) if path is not None else copy.deepcopy(base or {})
     for text in overrides:
         keys, value = parse_override(text)
@@ -342,3 +358,20 @@ def help_text() -> str:
     for key, f in all_keys().items():
         lines.append(f"  {key:<26} {f.metadata['help']} (default: {_default(f)})")
     return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m flaxft.config --files FILE`: what tpu/common.sh copies to the TPU workers."""
+    parser = argparse.ArgumentParser(prog="python -m flaxft.config", description="Inspect a flaxft config file.")
+    parser.add_argument("--files", metavar="FILE", required=True,
+                        help="print FILE and the files of its `base:` chain, FILE first, one absolute path a line")
+    args = parser.parse_args(argv)
+    for path, _ in base_chain(pathlib.Path(args.files)):
+        print(path.resolve())
+    return 0
+
+
+if __name__ == "__main__":
+    from flaxft.cli import run_main
+
+    sys.exit(run_main(main))

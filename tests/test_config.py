@@ -1,4 +1,7 @@
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -78,6 +81,44 @@ def test_base_chain(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\ntrain:\n  epochs: 4\n")
     cfg = load_config(tmp_path / "b.yaml")
     assert cfg.train.seed == 7 and cfg.train.epochs == 4.0
+
+
+def config_command(*args, cwd=ROOT):
+    """`python -m flaxft.config ARGS` with this checkout's flaxft."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "flaxft.config", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_files_command_lists_the_base_chain():
+    p = config_command("--files", "configs/glue/mrpc.yaml")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == f"{ROOT / 'configs/glue/mrpc.yaml'}\n{ROOT / 'configs/base.yaml'}\n"
+    assert p.stderr == ""
+
+
+def test_files_command_cycle_is_one_line(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: ./a.yaml\ntrain:\n  seed: 1\n")
+    p = config_command("--files", "a.yaml", cwd=tmp_path)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr == "flaxft: error: config file 'a.yaml' includes itself through `base:`; remove the cycle\n"
+
+
+def test_files_command_missing_base_is_one_line(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: ../nope.yaml\n")
+    p = config_command("--files", str(tmp_path / "a.yaml"))
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr == (f"flaxft: error: config file '{tmp_path / '../nope.yaml'}' not found; "
+                        "pass an existing YAML file, e.g. --config configs/glue/mrpc.yaml\n")
+
+
+def test_importing_config_is_cheap():
+    """tpu/common.sh runs `python -m flaxft.config` on a workstation: PyYAML only, no JAX, no etils."""
+    code = "import sys, flaxft.config; print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'etils', 'numpy'}))"
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.stdout == "[]\n", p.stderr
 
 
 def test_help_lists_every_key():

@@ -130,6 +130,9 @@ def fake(tmp_path):
     gcloud = bindir / "gcloud"
     gcloud.write_text(FAKE_GCLOUD.replace("__PYTHON__", sys.executable))
     gcloud.chmod(0o755)
+    python3 = bindir / "python3"  # LOCAL_PYTHON's default: this test's Python, whatever python3 is here
+    python3.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    python3.chmod(0o755)
     state = tmp_path / "gcloud_state"
     state.mkdir()
     return Fake(tmp_path, bindir, state)
@@ -517,6 +520,69 @@ def test_train_rejects_non_override_arguments(fake):
     assert fake.calls() == []
 
 
+
+@pytest.mark.parametrize(
+    "files,message",
+    [
+        ({"c.yaml": "base: gone.yaml\n"}, "config file '{d}/gone.yaml' not found"),
+        ({"c.yaml": "base: b.yaml\n", "b.yaml": "base: c.yaml\n"},
+         "config file '{d}/c.yaml' includes itself through `base:`; remove the cycle"),
+        ({"c.yaml": "base: b.yaml\n", "b.yaml": "train: [\n"}, "config file '{d}/b.yaml' is not valid YAML"),
+    ],
+)
+def test_bad_base_chain_is_one_clear_line(fake, files, message):
+    d = fake.tmp / "cfg"
+    d.mkdir()
+    for name, text in files.items():
+        (d / name).write_text(text)
+    fake.settings(CONFIG=str(d / "c.yaml"))
+    for args in [(), ("--dry-run",)]:
+        p = fake.run("train.sh", *args, check=False)
+        assert p.returncode == 2
+        assert p.stderr.startswith("error: CONFIG: " + message.format(d=d)) and p.stderr.count("\n") == 1, p.stderr
+    assert fake.calls() == []
+
+
+def test_config_files_sharing_only_the_root_folder_are_refused(fake):
+    if fake.tmp.parts[1] == ROOT.parts[1]:
+        pytest.skip("the test's tmp folder and the checkout share their top folder")
+    config = fake.tmp / "c.yaml"
+    config.write_text(f"base: {ROOT / 'configs' / 'base.yaml'}\n")
+    fake.settings(CONFIG=str(config))
+    p = fake.run("train.sh", check=False)
+    assert p.returncode == 2
+    assert p.stderr == f"error: CONFIG: '{config}' and its base: files only share the folder /; keep them under one folder\n"
+    assert fake.calls() == []
+
+
+def test_local_python_reads_the_config_with_this_checkout(fake):
+    fake.settings()
+    log = fake.tmp / "python.log"
+    other = fake.tmp / "my-python"
+    other.write_text(f'#!/bin/sh\necho "$PYTHONPATH $*" >> {log}\nexec {shlex.quote(sys.executable)} "$@"\n')
+    other.chmod(0o755)
+    (fake.bindir / "python3").unlink()
+    fake.run("train.sh", LOCAL_PYTHON=str(other), PYTHONPATH="/elsewhere")
+    assert log.read_text() == f"{ROOT}:/elsewhere -m flaxft.config --files {fake.config}\n"
+    assert (pathlib.Path(stage(fake)) / "base.yaml").exists()
+
+
+def test_local_python_problems_are_one_clear_line(fake):
+    fake.settings()
+    p = fake.run("train.sh", check=False, LOCAL_PYTHON=str(fake.tmp / "no-python"))
+    assert p.returncode == 2
+    assert p.stderr.startswith(f"error: python not found (LOCAL_PYTHON={fake.tmp / 'no-python'}); ")
+    assert p.stderr.count("\n") == 1
+    broken = fake.tmp / "python-without-yaml"
+    broken.write_text("#!/bin/sh\necho 'Traceback (most recent call last):' >&2\n"
+                      "echo \"ModuleNotFoundError: No module named 'yaml'\" >&2\nexit 1\n")
+    broken.chmod(0o755)
+    p = fake.run("train.sh", check=False, LOCAL_PYTHON=str(broken))
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.startswith("error: could not list CONFIG's base: files with ")
+    assert "(ModuleNotFoundError: No module named 'yaml')" in p.stderr and "LOCAL_PYTHON" in p.stderr
+    assert fake.calls() == []
+
 def test_logs(fake):
     fake.settings()
     fake.run("logs.sh")
@@ -711,6 +777,7 @@ def readme_blocks():
 def dry_run_output(command):
     env = {k: v for k, v in os.environ.items() if k not in ("GCLOUD", "FLAXFT_TPU_ENV")}
     env["TMPDIR"] = "/tmp"
+    env["LOCAL_PYTHON"] = sys.executable
     p = subprocess.run(shlex.split(command), cwd=ROOT, capture_output=True, text=True, env=env)
     assert p.returncode == 0, p.stderr
     return p.stdout

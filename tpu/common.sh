@@ -9,6 +9,8 @@ FLAXFT_TPU_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 # The gcloud executable (an environment variable, so tests can use a fake one).
 GCLOUD="${GCLOUD:-gcloud}"
+# The Python that lists CONFIG's base: files here (PYTHON is the workers' one).
+LOCAL_PYTHON="${LOCAL_PYTHON:-python3}"
 
 # ---------------------------------------------------------------------------
 # Settings: NAME|DEFAULT|DESCRIPTION. They come from one env file (tpu/settings.env,
@@ -412,10 +414,12 @@ setup_workers() {
 }
 
 # ---------------------------------------------------------------------------
-# The config and the files it pulls in through `base:` (a relative path, read from
-# a top-level `base:` line) are copied with their folder layout kept. For
-# CONFIG=configs/glue/mrpc.yaml (base: ../base.yaml) the workers get
-# REMOTE_DIR/configs/glue/mrpc.yaml and REMOTE_DIR/configs/base.yaml.
+# The config and the files it pulls in through `base:` are copied with their
+# folder layout kept. For CONFIG=configs/glue/mrpc.yaml (base: ../base.yaml) the
+# workers get REMOTE_DIR/configs/glue/mrpc.yaml and REMOTE_DIR/configs/base.yaml.
+# flaxft itself lists those files (`python -m flaxft.config --files CONFIG`), run
+# here with LOCAL_PYTHON and this checkout (the folder above tpu/) first on
+# PYTHONPATH: it needs only PyYAML, not an installed flaxft.
 # Sets CONFIG_FILES (absolute paths), CONFIG_ROOT (their common folder) and
 # REMOTE_CONFIG (the --config path on the workers, relative to REMOTE_DIR).
 resolve_config_files() {
@@ -425,32 +429,24 @@ resolve_config_files() {
     REMOTE_CONFIG="$(basename "$CONFIG_ROOT")/$(basename "$CONFIG")"
     return 0
   fi
-  local file dir base line n=0
-  file="$(cd "$(dirname "$CONFIG")" && pwd -P)/$(basename "$CONFIG")"
-  while :; do
+  command -v "$LOCAL_PYTHON" >/dev/null 2>&1 ||
+    die "python not found (LOCAL_PYTHON=$LOCAL_PYTHON); it is needed to list CONFIG's base: files; install Python 3 with PyYAML or set LOCAL_PYTHON=/path/to/python"
+  local checkout file dir last
+  checkout=$(dirname "$FLAXFT_TPU_DIR")
+  if ! capture env PYTHONPATH="$checkout${PYTHONPATH:+:$PYTHONPATH}" "$LOCAL_PYTHON" -m flaxft.config --files "$CONFIG"; then
+    last=${CAPTURED_ERR%$'\n'}
+    last=${last##*$'\n'}
+    [[ "$last" != "flaxft: error: "* ]] ||
+      die "CONFIG: ${last#flaxft: error: }"
+    die "could not list CONFIG's base: files with $LOCAL_PYTHON -m flaxft.config (${last:-no message}); it needs PyYAML, or set LOCAL_PYTHON to a python that has it"
+  fi
+  while IFS= read -r file; do
     CONFIG_FILES+=("$file")
-    n=$((n + 1))
-    ((n <= 20)) || die "CONFIG: more than 20 files in the base: chain of '$CONFIG' (a cycle?)"
-    base=""
-    while IFS= read -r line || [[ -n "$line" ]]; do
-      if [[ "$line" =~ ^base:[[:space:]]*(.*)$ ]]; then
-        base=${BASH_REMATCH[1]}
-        base=${base%%[[:space:]]#*}
-        base=${base%"${base##*[![:space:]]}"}
-        base=${base#[\"\']}
-        base=${base%[\"\']}
-        break
-      fi
-    done <"$file"
-    [[ -n "$base" ]] || break
-    [[ "$base" == /* ]] || base="$(dirname "$file")/$base"
-    [[ -f "$base" ]] || die "CONFIG: '$file' names base '$base', which does not exist"
-    file="$(cd "$(dirname "$base")" && pwd -P)/$(basename "$base")"
-  done
+  done <<<"$CAPTURED_OUT"
   CONFIG_ROOT=$(dirname "${CONFIG_FILES[0]}")
   for file in "${CONFIG_FILES[@]}"; do
     dir=$(dirname "$file")
-    while [[ "$dir" != "$CONFIG_ROOT" && "$dir" != "$CONFIG_ROOT"/* ]]; do
+    while [[ "$CONFIG_ROOT" != / && "$dir" != "$CONFIG_ROOT" && "$dir" != "$CONFIG_ROOT"/* ]]; do
       CONFIG_ROOT=$(dirname "$CONFIG_ROOT")
     done
   done
@@ -590,6 +586,7 @@ Common options:
   -h, --help     this help
 Environment:
   GCLOUD         the gcloud executable (default: gcloud)
+  LOCAL_PYTHON   the Python (with PyYAML) that reads CONFIG here (default: python3)
 Settings (in the env file as NAME=value, or as a flag that overrides the file):
 EOT
   for spec in "${SETTINGS_SPEC[@]}"; do
