@@ -18,9 +18,16 @@ from flaxft.data.tokenize import TokenizedSplit
 from flaxft.model import build, load_pretrained, params_to_state_dict, read_config
 
 VOCAB = 99
+ROBERTA_STYLE = dict(pad_token_id=1, type_vocab_size=1, max_position_embeddings=66)
 # model_type -> (transformers config class, its *ForSequenceClassification class, config overrides)
 CASES = {
     "bert": (transformers.BertConfig, transformers.BertForSequenceClassification, {}),
+    # positions pad+1, pad+2, ...: the real checkpoints' pad id 1, one token type, two spare position rows
+    "roberta": (transformers.RobertaConfig, transformers.RobertaForSequenceClassification, ROBERTA_STYLE),
+    "xlm-roberta": (transformers.XLMRobertaConfig, transformers.XLMRobertaForSequenceClassification, ROBERTA_STYLE),
+    "camembert": (transformers.CamembertConfig, transformers.CamembertForSequenceClassification, ROBERTA_STYLE),
+    # embeddings narrower than the hidden size, projected (ELECTRA-small's shape)
+    "electra": (transformers.ElectraConfig, transformers.ElectraForSequenceClassification, dict(embedding_size=16)),
 }
 TINY = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
             max_position_embeddings=64)
