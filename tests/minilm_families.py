@@ -41,7 +41,8 @@ def minilm_as(model_type: str, minilm_dir: pathlib.Path, folder: pathlib.Path, n
     model = transformers.AutoModelForSequenceClassification.from_config(config)
     state = {f"{prefix}.{k}": v for k, v in sd.items() if not k.startswith("pooler.") and v.is_floating_point()}
     generator = torch.Generator().manual_seed(seed)
-    state.update({"classifier.dense.weight": sd["pooler.dense.weight"], "classifier.dense.bias": sd["pooler.dense.bias"],
+    state.update({"classifier.dense.weight": sd["pooler.dense.weight"],
+                  "classifier.dense.bias": sd["pooler.dense.bias"],
                   "classifier.out_proj.weight": torch.randn(num_labels, bert.hidden_size, generator=generator),
                   "classifier.out_proj.bias": torch.randn(num_labels, generator=generator)})
     model.load_state_dict(state, strict=True)

@@ -175,7 +175,8 @@ def test_base_checkpoint_gets_a_fresh_head(family_case, tmp_path, caplog):
 
 
 def mrpc_dev_pairs(glue_dir, n: int):
-    rows = [line.split("\t") for line in (glue_dir / "MRPC" / "dev.tsv").read_text(encoding="utf-8-sig").splitlines()[1:]]
+    lines = (glue_dir / "MRPC" / "dev.tsv").read_text(encoding="utf-8-sig").splitlines()[1:]
+    rows = [line.split("\t") for line in lines]
     return [r[3] for r in rows[:n]], [r[4] for r in rows[:n]]
 
 
