@@ -15,12 +15,21 @@ import transformers
 
 from flaxft.data import packing
 from flaxft.data.tokenize import TokenizedSplit
-from flaxft.model import build, load_pretrained, params_to_state_dict, read_config
+from flaxft.errors import FlaxftError
+from flaxft.model import build, config_from_hf, load_pretrained, params_to_state_dict, read_config
+from tests.minilm_families import minilm_as
 
 VOCAB = 99
+ROBERTA_STYLE = dict(pad_token_id=1, type_vocab_size=1, max_position_embeddings=66)
 # model_type -> (transformers config class, its *ForSequenceClassification class, config overrides)
 CASES = {
     "bert": (transformers.BertConfig, transformers.BertForSequenceClassification, {}),
+    # positions pad+1, pad+2, ...: the real checkpoints' pad id 1, one token type, two spare position rows
+    "roberta": (transformers.RobertaConfig, transformers.RobertaForSequenceClassification, ROBERTA_STYLE),
+    "xlm-roberta": (transformers.XLMRobertaConfig, transformers.XLMRobertaForSequenceClassification, ROBERTA_STYLE),
+    "camembert": (transformers.CamembertConfig, transformers.CamembertForSequenceClassification, ROBERTA_STYLE),
+    # embeddings narrower than the hidden size, projected (ELECTRA-small's shape)
+    "electra": (transformers.ElectraConfig, transformers.ElectraForSequenceClassification, dict(embedding_size=16)),
 }
 TINY = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
             max_position_embeddings=64)
@@ -163,3 +172,34 @@ def test_base_checkpoint_gets_a_fresh_head(family_case, tmp_path, caplog):
     assert kernel.shape == (config.hidden_size, 2) and 0.01 < kernel.std() < 0.03
     assert not np.asarray(params2["head"]["out"]["bias"]).any()
     jax.tree.map(np.testing.assert_array_equal, params2["encoder"], params["encoder"])
+
+
+def mrpc_dev_pairs(glue_dir, n: int):
+    lines = (glue_dir / "MRPC" / "dev.tsv").read_text(encoding="utf-8-sig").splitlines()[1:]
+    rows = [line.split("\t") for line in lines]
+    return [r[3] for r in rows[:n]], [r[4] for r in rows[:n]]
+
+
+@pytest.mark.parametrize("model_type", ["roberta", "electra"])
+def test_real_minilm_weights_match_transformers(model_type, minilm_dir, glue_dir, tmp_path):
+    """MiniLM's real encoder in this family's layout: flaxft's logits equal transformers' on real MRPC pairs."""
+    model = minilm_as(model_type, minilm_dir, tmp_path)
+    first, second = mrpc_dev_pairs(glue_dir, 6)
+    enc = transformers.AutoTokenizer.from_pretrained(minilm_dir)(first, second, padding=True, return_tensors="np")
+    ids, mask, types = enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]
+    assert (mask == 0).any() and (ids[mask == 0] == model.config.pad_token_id).all() and (types == 1).any()
+    config, params = load_pretrained(tmp_path, 2, rng=jax.random.key(0))
+    got = np.asarray(build(config, 2).apply({"params": params}, ids, mask, flax_types(config, types)))
+    with torch.no_grad():
+        want = model(**torch_inputs(model, ids, mask, types)).logits.numpy()
+    assert np.abs(want).max() > 1.0  # the std-1 head makes differences visible
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("model_type, field", [
+    ("roberta", {"position_embedding_type": "relative_key"}), ("xlm-roberta", {"add_cross_attention": True}),
+    ("camembert", {"pad_token_id": None}), ("electra", {"is_decoder": True}),
+    ("electra", {"position_embedding_type": "relative_key_query"})])
+def test_unsupported_features_are_one_line_errors(model_type, field):
+    with pytest.raises(FlaxftError, match=rf"^model config: .*{next(iter(field))}.* is not supported[^\n]*$"):
+        config_from_hf({"model_type": model_type, **field})

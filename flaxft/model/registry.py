@@ -28,9 +28,9 @@ class Family:
 
 
 def _families() -> tuple[Family, ...]:
-    from flaxft.model import bert
+    from flaxft.model import bert, electra, roberta
 
-    return (bert.FAMILY,)
+    return (bert.FAMILY, roberta.FAMILY, electra.FAMILY)
 
 
 @functools.cache
