@@ -28,9 +28,9 @@ class Family:
 
 
 def _families() -> tuple[Family, ...]:
-    from flaxft.model import bert
+    from flaxft.model import bert, distilbert, mpnet
 
-    return (bert.FAMILY,)
+    return (bert.FAMILY, distilbert.FAMILY, mpnet.FAMILY)
 
 
 @functools.cache
