@@ -8,10 +8,10 @@ an ordinary trainable weight, loaded from checkpoints like any other, and so it 
 
 from __future__ import annotations
 
+from flaxft.model.bert import bert_style_keys
 from flaxft.model.encoder_config import EncoderConfig, as_json, hf_config_object
 from flaxft.model.layers import EncoderClassifier
 from flaxft.model.registry import Family
-from flaxft.model.weights import KeyMap
 
 
 def read_config(d: dict) -> EncoderConfig:
@@ -26,25 +26,16 @@ def read_config(d: dict) -> EncoderConfig:
         sinusoidal_positions=bool(hf.sinusoidal_pos_embds), head_activation="relu", hf_config=as_json(hf))
 
 
-_LAYER = r"encoder/layer_(\d+)"
-_HF_LAYER = r"distilbert.transformer.layer.\1"
-
 FAMILY = Family(
     name="distilbert",
     architectures={"distilbert": "DistilBertForSequenceClassification"},
     read_config=read_config,
-    keys=KeyMap(prefix="distilbert", modules=(
-        (r"embeddings/(word|position)_embeddings", r"distilbert.embeddings.\1_embeddings"),
-        (r"embeddings/norm", "distilbert.embeddings.LayerNorm"),
-        (rf"{_LAYER}/attention/(q|k|v)\w+", rf"{_HF_LAYER}.attention.\2_lin"),
-        (rf"{_LAYER}/attention/output", rf"{_HF_LAYER}.attention.out_lin"),
-        (rf"{_LAYER}/attention_norm", rf"{_HF_LAYER}.sa_layer_norm"),
-        (rf"{_LAYER}/mlp/input", rf"{_HF_LAYER}.ffn.lin1"),
-        (rf"{_LAYER}/mlp/output", rf"{_HF_LAYER}.ffn.lin2"),
-        (rf"{_LAYER}/mlp_norm", rf"{_HF_LAYER}.output_layer_norm"),
-        ("head/dense", "pre_classifier"),
-        ("head/out", "classifier"),
-    )),
+    keys=bert_style_keys(
+        "distilbert", head={"head/dense": "pre_classifier", "head/out": "classifier"},
+        layers="distilbert.transformer.layer",
+        parts={**{f"attention/{p}": f"attention.{p[0]}_lin" for p in ("query", "key", "value")},
+               "attention/output": "attention.out_lin", "attention_norm": "sa_layer_norm", "mlp/input": "ffn.lin1",
+               "mlp/output": "ffn.lin2", "mlp_norm": "output_layer_norm"}),
     module=EncoderClassifier,
     token_type_ids=False,
 )

@@ -13,11 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from flaxft.model.bert import bert_style_config
+from flaxft.model.bert import BERT_LAYER_PARTS, bert_style_config, bert_style_keys
 from flaxft.model.encoder_config import EncoderConfig, hf_config_object, refuse
 from flaxft.model.layers import EncoderClassifier
 from flaxft.model.registry import Family
-from flaxft.model.weights import KeyMap
 
 POSITION_PADDING_ID = 1
 BUCKETS, MAX_DISTANCE = 32, 128
@@ -45,7 +44,7 @@ def relative_buckets(length: int, max_distance: int) -> np.ndarray:
     scaled = np.log(np.maximum(n, exact).astype(np.float32) / np.float32(exact)) / np.float32(
         np.log(max_distance / exact)) * np.float32(half - exact)
     large = np.minimum(exact + scaled.astype(np.int64), half - 1)
-    return side + np.where(n < exact, n, large)
+    return (side + np.where(n < exact, n, large)).astype(np.int32)
 
 
 class RelativePositionBias(nn.Module):
@@ -66,25 +65,18 @@ class MPNetClassifier(EncoderClassifier):
     attention_bias: type = RelativePositionBias
 
 
-_LAYER = r"encoder/layer_(\d+)"
-_HF_LAYER = r"mpnet.encoder.layer.\1"
+# BERT's layout, but for the attention's names and the shared bias table (an nn.Embedding in transformers)
+KEYS = bert_style_keys(
+    "mpnet", head={"head/dense": "classifier.dense", "head/out": "classifier.out_proj"},
+    embeddings=(("attention_bias", "mpnet.encoder.relative_attention_bias"),),
+    parts={**BERT_LAYER_PARTS, "attention_norm": "attention.LayerNorm",
+           **{f"attention/{p}": f"attention.attn.{p[0]}" for p in ("query", "key", "value", "output")}})
 
 FAMILY = Family(
     name="mpnet",
     architectures={"mpnet": "MPNetForSequenceClassification"},
     read_config=read_config,
-    keys=KeyMap(prefix="mpnet", modules=(
-        (r"embeddings/(word|position)_embeddings", r"mpnet.embeddings.\1_embeddings"),
-        (r"embeddings/norm", "mpnet.embeddings.LayerNorm"),
-        (rf"{_LAYER}/attention/(q|k|v|o)\w+", rf"{_HF_LAYER}.attention.attn.\2"),
-        (rf"{_LAYER}/attention_norm", rf"{_HF_LAYER}.attention.LayerNorm"),
-        (rf"{_LAYER}/mlp/input", rf"{_HF_LAYER}.intermediate.dense"),
-        (rf"{_LAYER}/mlp/output", rf"{_HF_LAYER}.output.dense"),
-        (rf"{_LAYER}/mlp_norm", rf"{_HF_LAYER}.output.LayerNorm"),
-        ("attention_bias", "mpnet.encoder.relative_attention_bias"),
-        ("head/dense", "classifier.dense"),
-        ("head/out", "classifier.out_proj"),
-    )),
+    keys=KEYS,
     module=MPNetClassifier,
     token_type_ids=False,
     partition_rules=((r"attention_bias/.*embedding$", P(None, "tensor")),),
