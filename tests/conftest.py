@@ -40,9 +40,14 @@ def fetch_minilm(cache: pathlib.Path) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def minilm_dir() -> pathlib.Path:
     """Folder with config.json, model.safetensors, tokenizer.json, vocab.txt of all-MiniLM-L6-v2."""
-    if os.environ.get("FLAXFT_MINILM_DIR"):
-        return pathlib.Path(os.environ["FLAXFT_MINILM_DIR"])
-    return fetch_minilm(pathlib.Path.home() / ".cache" / "flaxft" / "minilm")
+    return model_folder("FLAXFT_MINILM_DIR", fetch_minilm, "minilm")
+
+
+def model_folder(env: str, fetch, cache_name: str) -> pathlib.Path:
+    """The folder named by $`env`, else `fetch`ed once into ~/.cache/flaxft/`cache_name`."""
+    if os.environ.get(env):
+        return pathlib.Path(os.environ[env])
+    return fetch(pathlib.Path.home() / ".cache" / "flaxft" / cache_name)
 
 
 def fetch_mpnet(cache: pathlib.Path) -> pathlib.Path:
@@ -69,9 +74,7 @@ def fetch_mpnet(cache: pathlib.Path) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def mpnet_dir() -> pathlib.Path:
     """Folder with config.json, model.safetensors, tokenizer.json, vocab.txt of all-mpnet-base-v2 (an MPNetModel)."""
-    if os.environ.get("FLAXFT_MPNET_DIR"):
-        return pathlib.Path(os.environ["FLAXFT_MPNET_DIR"])
-    return fetch_mpnet(pathlib.Path.home() / ".cache" / "flaxft" / "mpnet")
+    return model_folder("FLAXFT_MPNET_DIR", fetch_mpnet, "mpnet")
 
 
 @pytest.fixture(scope="session")

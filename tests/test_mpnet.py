@@ -1,19 +1,22 @@
-"""MPNet beyond the family harness: the relative-position buckets past distance 128, and the real
-all-mpnet-base-v2 weights on real MRPC pairs."""
+"""MPNet beyond the family harness: the relative-position buckets past distance 128, the bias table's
+sharding, a refused config, and the real all-mpnet-base-v2 weights on real MRPC pairs."""
 
 import jax
 import numpy as np
 import pytest
 import torch
 import transformers
+from jax.sharding import PartitionSpec as P
 from transformers.models.mpnet.modeling_mpnet import MPNetEncoder
 
+from flaxft.config import MeshConfig
 from flaxft.errors import FlaxftError
-from flaxft.model import build, config_from_hf, load_pretrained
-from flaxft.model.mpnet import relative_buckets
+from flaxft.model import build, config_from_hf, init_params, load_pretrained
+from flaxft.model.mpnet import FAMILY, relative_buckets
+from flaxft.parallel import make_mesh, tree_shardings
 
 from tests.conftest import mrpc_pairs
-from tests.test_families import VOCAB, assert_gradients_match, packed_logits, tiny_torch_model
+from tests.test_families import VOCAB, assert_gradients_match, packed_logits, tiny_config, tiny_torch_model
 
 PAD = 1
 
@@ -54,6 +57,15 @@ def test_long_sequences_match_transformers(buckets, tmp_path):
     alone = np.asarray(build(config, 3).apply({"params": params}, ids, mask))
     packed = np.asarray(packed_logits(config, params, ids, mask, types, np.array([[0, 3], [1, 2]]), 220, PAD))
     np.testing.assert_allclose(packed[[0, 1, 1, 0], [0, 0, 1, 1]], alone, atol=1e-5)
+
+
+def test_bias_table_heads_split_over_tensor_axis():
+    """Like the attention heads, the bias table's head columns are split over the tensor axis."""
+    config = config_from_hf(tiny_config("mpnet").to_dict())
+    mesh = make_mesh(MeshConfig(data=-1, tensor=2))
+    shardings = tree_shardings(mesh, init_params(config, 3, jax.random.key(0)), FAMILY.partition_rules)
+    assert shardings["attention_bias"]["embedding"].spec == P(None, "tensor")
+    assert shardings["encoder"]["layer_0"]["attention"]["query"]["kernel"].spec == P(None, "tensor")
 
 
 def test_too_few_buckets_is_refused():
