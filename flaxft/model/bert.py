@@ -32,19 +32,23 @@ def bert_style_config(hf, **family_fields) -> EncoderConfig:
     return EncoderConfig(**{**fields, **family_fields})
 
 
-def bert_style_keys(prefix: str, head: dict[str, str], embeddings: tuple[tuple[str, str], ...] = ()) -> KeyMap:
-    """The key map of a BERT-shaped encoder under `prefix`, with the family's head (and extra embedding) names."""
-    layer = r"encoder/layer_(\d+)"
+# flaxft's module in each encoder layer -> BERT's name for it under `<prefix>.encoder.layer.<i>`
+BERT_LAYER_PARTS = {"attention/query": "attention.self.query", "attention/key": "attention.self.key",
+                    "attention/value": "attention.self.value", "attention/output": "attention.output.dense",
+                    "attention_norm": "attention.output.LayerNorm", "mlp/input": "intermediate.dense",
+                    "mlp/output": "output.dense", "mlp_norm": "output.LayerNorm"}
+
+
+def bert_style_keys(prefix: str, head: dict[str, str], embeddings: tuple[tuple[str, str], ...] = (),
+                    layers: str | None = None, parts: dict[str, str] = BERT_LAYER_PARTS) -> KeyMap:
+    """The key map of a BERT-shaped encoder under `prefix`, with the family's head (and extra embedding) names;
+    families that name their layers otherwise (DistilBERT, MPNet) give their layer list path and `parts`."""
+    layers = layers or f"{prefix}.encoder.layer"
     return KeyMap(prefix=prefix, modules=(
         (r"embeddings/(word|position|token_type)_embeddings", rf"{prefix}.embeddings.\1_embeddings"),
         (r"embeddings/norm", f"{prefix}.embeddings.LayerNorm"),
         *embeddings,
-        (rf"{layer}/attention/(query|key|value)", rf"{prefix}.encoder.layer.\1.attention.self.\2"),
-        (rf"{layer}/attention/output", rf"{prefix}.encoder.layer.\1.attention.output.dense"),
-        (rf"{layer}/attention_norm", rf"{prefix}.encoder.layer.\1.attention.output.LayerNorm"),
-        (rf"{layer}/mlp/input", rf"{prefix}.encoder.layer.\1.intermediate.dense"),
-        (rf"{layer}/mlp/output", rf"{prefix}.encoder.layer.\1.output.dense"),
-        (rf"{layer}/mlp_norm", rf"{prefix}.encoder.layer.\1.output.LayerNorm"),
+        *((rf"encoder/layer_(\d+)/{part}", rf"{layers}.\1.{name}") for part, name in parts.items()),
         *head.items(),
     ))
 

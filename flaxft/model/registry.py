@@ -28,9 +28,9 @@ class Family:
 
 
 def _families() -> tuple[Family, ...]:
-    from flaxft.model import bert, electra, roberta
+    from flaxft.model import bert, distilbert, electra, mpnet, roberta
 
-    return (bert.FAMILY, roberta.FAMILY, electra.FAMILY)
+    return (bert.FAMILY, roberta.FAMILY, electra.FAMILY, distilbert.FAMILY, mpnet.FAMILY)
 
 
 @functools.cache
