@@ -73,7 +73,11 @@ def tcmalloc_library(environ: Mapping[str, str]) -> str | None:
     if setting.lower() in _OFF or environ.get(REEXECUTED) or not sys.platform.startswith("linux"):
         return None
     if setting.lower() not in ("", "auto", "1", "on", "true", "yes"):
-        return setting if os.path.isfile(setting) else None
+        if os.path.isfile(setting):
+            return setting
+        print(f"flaxft: warning: {SETTING}={setting} is not a file, so this runs on the system malloc; point it "
+              "at libtcmalloc.so, or set it to auto or 0", file=sys.stderr)
+        return None
     return find_tcmalloc()
 
 

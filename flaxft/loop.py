@@ -131,12 +131,17 @@ def train(trainer) -> dict:
         log.warning("preempted at step %d; checkpoint saved in %s; rerun the same command to resume",
                     step, trainer.checkpoints.path(step))
         return {"preempted": True, "global_step": step}
+    return _finish(trainer, step, eval_metrics, tally, first_step_seconds, compiles)
+
+
+def _finish(trainer, step: int, eval_metrics: dict, tally: Tally, first_step_seconds, compiles) -> dict:
+    """After the last step: the final metrics (if the loop did not just compute them), export, summary.json."""
     train_seconds = tally.train_seconds()
     if not eval_metrics and trainer.resumed_step == step:  # stopped after its last checkpoint, before the summary
         eval_metrics = trainer.evaluate()
-    export_dir = trainer.export() if c.export != "none" else None
+    export_dir = trainer.export() if trainer.config.checkpoint.export != "none" else None
     result = summary(trainer, eval_metrics, step, tally, train_seconds, first_step_seconds, compiles, export_dir)
     if jax.process_index() == 0:
-        write_json(done, result)
+        write_json(trainer.setup.output_dir / "summary.json", result)
     log.info("done: %s", {k: result[k] for k in result if k.startswith("eval_") or k.endswith("_per_second")})
     return result

@@ -24,13 +24,16 @@ def test_host_allocator_reads_the_loaded_libraries(tmp_path):
     assert host_allocator(str(tmp_path / "missing")) == "system"
 
 
-def test_tcmalloc_library_follows_the_setting(tmp_path):
+def test_tcmalloc_library_follows_the_setting(tmp_path, capsys):
     lib = tmp_path / "libtcmalloc.so"
     lib.write_bytes(b"")
     assert tcmalloc_library({SETTING: "0"}) is None
     assert tcmalloc_library({SETTING: "off"}) is None
     assert tcmalloc_library({SETTING: str(lib)}) == str(lib)
+    assert capsys.readouterr().err == ""
     assert tcmalloc_library({SETTING: str(tmp_path / "nope.so")}) is None
+    warning = capsys.readouterr().err  # a bad path is said, not silently ignored
+    assert warning.startswith("flaxft: warning:") and "nope.so is not a file" in warning and warning.count("\n") == 1
     assert tcmalloc_library({}) == find_tcmalloc()
     assert tcmalloc_library(tcmalloc_env({}, str(lib))) is None  # the re-executed process never re-executes
 

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from flaxft.config import MeshConfig, TrainConfig
 from flaxft.errors import FlaxftError
@@ -164,3 +165,19 @@ def test_bfloat16_and_accumulation_run_end_to_end(tiny_model, toy_data, tmp_path
     assert run_main(main, args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["eval_accuracy"] >= 0.9, summary
+
+
+def test_a_mesh_axis_a_dimension_cannot_take_is_logged_once_per_rule(caplog):
+    """An MLP of 39 units cannot be split over tensor=2: the rule's spec drops that axis, and says so once
+    for the rule (not per layer, nor again for the optimizer moments that follow the parameters)."""
+    need_8_devices()
+    cfg = bert_config(**{**TINY_HF, "intermediate_size": 39})
+    mesh = make_mesh(MeshConfig(data=4, tensor=2))
+    params = jax.eval_shape(lambda: init_params(cfg, 2, jax.random.key(0)))
+    with caplog.at_level("INFO", logger="flaxft"):
+        shardings = tree_shardings(mesh, params)
+        tree_shardings(mesh, jax.eval_shape(make_optimizer(TrainConfig(), 10)[0].init, params))
+    assert shardings["encoder"]["layer_1"]["mlp"]["input"]["kernel"].spec == P(None, None)
+    said = [r.getMessage() for r in caplog.records if "does not divide a dimension of 39" in r.getMessage()]
+    # one line per rule (mlp/input kernel and bias, mlp/output kernel), not one per leaf: 2 layers x (params, mu, nu)
+    assert len(said) == 3 and all("mesh axis tensor (size 2)" in m for m in said)

@@ -106,6 +106,25 @@ def test_train_resume_export_predict_on_gcs(gcs, tiny_model, toy_data, tmp_path)
     assert from_export["dev"].metrics == pytest.approx(from_ckpt["dev"].metrics)
 
 
+def test_a_failing_run_still_uploads_its_log(gcs, tiny_model, toy_data, tmp_path):
+    """A run that stops with an error (here in evaluation, at step 4) closes its writers: the staged
+    metrics.jsonl reaches the bucket with steps 2-4, although the upload interval (60 s) has not passed since
+    the first write uploaded step 1."""
+    from flaxft.trainer import Trainer
+
+    data, run = epath.Path(f"{gcs}/data-fail"), epath.Path(f"{gcs}/runs/fail")
+    for name in ("train.csv", "dev.csv"):
+        (data / name).write_bytes((toy_data / name).read_bytes())
+
+    def failing_metric(prediction):
+        raise RuntimeError("a metric that fails")
+
+    trainer = Trainer(run_config(tiny_model, data, run, tmp_path, "train.max_steps=8"), compute_metrics=failing_metric)
+    with pytest.raises(RuntimeError, match="a metric that fails"):
+        trainer.train()
+    assert steps_logged(run) == [1, 2, 3, 4] and not (run / "summary.json").exists()
+
+
 def test_mirror_uploads_changed_files_at_most_every_interval(gcs, tmp_path):
     target = storage.path(f"{gcs}/mirror")
     mirror = storage.Mirror(target, min_interval_s=3600)

@@ -1,9 +1,9 @@
 """Task metrics that work offline: GLUE configs plus `classification`, `binary` and `regression`.
 
+    compute_metrics("mrpc", preds, labels)    -> {"accuracy": ..., "f1": ...} as plain floats (what training uses)
     load_metric("mrpc")                       -> an `evaluate.Metric` (the Hub-equivalent `glue` metric)
-    compute_metrics("mrpc", preds, labels)    -> {"accuracy": ..., "f1": ...} as plain floats
 
-Kinds (see `glue/glue.py` for what each returns):
+Both score with the same functions (`glue/scores.py`, scikit-learn and scipy). Kinds:
     GLUE: sst2 mnli mnli_mismatched mnli_matched cola stsb mrpc qqp qnli rte wnli hans
     custom: classification (accuracy, f1_macro), binary (accuracy, f1 of class 1, f1_macro),
             regression (pearson, spearmanr, mse)
@@ -16,22 +16,23 @@ import pathlib
 import numpy as np
 
 from flaxft.errors import FlaxftError
+from flaxft.metrics.glue.scores import ALL_TASKS as KINDS
+from flaxft.metrics.glue.scores import FLOAT_TASKS as FLOAT_KINDS
+from flaxft.metrics.glue.scores import score
 
 # Pass this folder to `evaluate.load(GLUE_METRIC_PATH, kind)` to load the same metric through `evaluate`.
 GLUE_METRIC_PATH = str(pathlib.Path(__file__).resolve().parent / "glue")
-# Same as glue.ALL_TASKS (a test checks); repeated so that importing this module does not import `evaluate`,
-# which pulls in transformers and takes seconds.
-KINDS = (
-    "sst2", "mnli", "mnli_mismatched", "mnli_matched", "qnli", "rte", "wnli", "hans", "mrpc", "qqp", "cola", "stsb",
-    "classification", "binary", "regression",
-)  # fmt: skip
-FLOAT_KINDS = ("stsb", "regression")
+
+
+def _known(kind: str) -> str:
+    if kind not in KINDS:
+        raise FlaxftError(f"unknown metric kind {kind!r}; use one of: {', '.join(KINDS)}")
+    return kind
 
 
 def load_metric(kind: str):
     """The `evaluate.Metric` for `kind`, built from the shipped module: no Hub lookup, no network."""
-    if kind not in KINDS:
-        raise FlaxftError(f"unknown metric kind {kind!r}; use one of: {', '.join(KINDS)}")
+    _known(kind)
     from flaxft.metrics.glue.glue import Glue
 
     # Instantiating the class directly skips `evaluate.load`'s copy into ~/.cache/huggingface/modules.
@@ -41,7 +42,8 @@ def load_metric(kind: str):
 
 def compute_metrics(kind: str, predictions, references) -> dict[str, float]:
     """Score argmax'ed class ids (or floats for stsb/regression) against references; values are Python floats."""
-    metric = load_metric(kind)
+    # float64 / int64, as the evaluate module's features make them (float32 would move correlations by ~1e-7)
+    dtype = np.float64 if _known(kind) in FLOAT_KINDS else np.int64
     preds, refs = np.asarray(predictions), np.asarray(references)
     if kind in FLOAT_KINDS and preds.ndim == 2 and preds.shape[1] == 1:
         preds = preds[:, 0]  # regression heads output shape (n, 1)
@@ -50,4 +52,4 @@ def compute_metrics(kind: str, predictions, references) -> dict[str, float]:
             f"metric {kind!r}: got predictions of shape {preds.shape} and references of shape {refs.shape}; "
             "pass two 1-D arrays of equal length (argmax the logits for classification)"
         )
-    return {name: float(value) for name, value in metric.compute(predictions=preds, references=refs).items()}
+    return score(kind, preds.astype(dtype), refs.astype(dtype))

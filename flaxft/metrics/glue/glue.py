@@ -4,10 +4,10 @@ Load it without the Hub, either way:
     evaluate.load("<path>/flaxft/metrics/glue", "mrpc", keep_in_memory=True)
     flaxft.metrics.load_metric("mrpc")   # instantiates `Glue` directly
 
-This file must stay self-contained (only library imports, no relative or `flaxft` imports): `evaluate.load`
-copies it alone into its modules cache and imports the copy. It must also define exactly one
-`evaluate.EvaluationModule` subclass at module level: `evaluate` picks the first one it finds in the module,
-so never `from evaluate import Metric` here.
+Besides library imports this file imports only its neighbour scores.py (the scoring itself, which flaxft
+also calls directly): `evaluate.load` copies both into its modules cache and imports the copy. It must
+define exactly one `evaluate.EvaluationModule` subclass at module level: `evaluate` picks the first one it
+finds in the module, so never `from evaluate import Metric` here.
 
 Configs and outputs (all plain Python floats):
     sst2, mnli, mnli_matched, mnli_mismatched, qnli, rte, wnli, hans  -> accuracy
@@ -24,18 +24,10 @@ shifts correlations by ~1e-7).
 """
 
 import datasets
-import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import f1_score, matthews_corrcoef
 
 import evaluate
 
-ACCURACY_TASKS = ("sst2", "mnli", "mnli_mismatched", "mnli_matched", "qnli", "rte", "wnli", "hans")
-ACC_F1_TASKS = ("mrpc", "qqp")
-GLUE_TASKS = ACCURACY_TASKS + ACC_F1_TASKS + ("cola", "stsb")
-CUSTOM_TASKS = ("classification", "binary", "regression")
-ALL_TASKS = GLUE_TASKS + CUSTOM_TASKS
-FLOAT_TASKS = ("stsb", "regression")
+from .scores import ALL_TASKS, FLOAT_TASKS, score
 
 _CITATION = """\
 @inproceedings{wang2019glue,
@@ -64,14 +56,6 @@ Example:
 """
 
 
-def _accuracy(preds, labels):
-    return float((preds == labels).mean())
-
-
-def _correlations(preds, labels):
-    return {"pearson": float(pearsonr(preds, labels)[0]), "spearmanr": float(spearmanr(preds, labels)[0])}
-
-
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Glue(evaluate.Metric):
     def _info(self):
@@ -90,20 +74,4 @@ class Glue(evaluate.Metric):
         )
 
     def _compute(self, predictions, references):
-        task = self.config_name
-        predictions, references = np.asarray(predictions), np.asarray(references)
-        if task in ACCURACY_TASKS:
-            return {"accuracy": _accuracy(predictions, references)}
-        if task in ACC_F1_TASKS:
-            return {"accuracy": _accuracy(predictions, references), "f1": float(f1_score(references, predictions))}
-        if task == "cola":
-            return {"matthews_correlation": float(matthews_corrcoef(references, predictions))}
-        if task == "stsb":
-            return _correlations(predictions, references)
-        if task == "regression":
-            return {**_correlations(predictions, references), "mse": float(np.mean((predictions - references) ** 2))}
-        out = {"accuracy": _accuracy(predictions, references)}
-        if task == "binary":
-            out["f1"] = float(f1_score(references, predictions))
-        out["f1_macro"] = float(f1_score(references, predictions, average="macro"))
-        return out
+        return score(self.config_name, predictions, references)

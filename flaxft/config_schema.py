@@ -1,0 +1,211 @@
+"""What a run's configuration holds: one dataclass per section, every field with its help text (which feeds
+`--help` and the README's table), and the checks of values that need no files or devices.
+
+Reading YAML files and `key=value` overrides into a Config is flaxft.config's job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, Optional
+
+import yaml
+
+from flaxft.errors import FlaxftError
+
+
+def _field(default: Any, help: str):
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    name_or_path: str = _field("bert-base-uncased", "Hugging Face BERT checkpoint: a local folder or a Hub id.")
+    random_init: bool = _field(False, "Ignore the checkpoint's weights and initialize randomly from its config.json.")
+    remat: bool = _field(False, "Rematerialize each encoder layer in the backward pass (saves memory on long sequences).")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    task: Optional[str] = _field(None, "GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli); null for custom files.")
+    path: Optional[str] = _field(None, "Local GLUE task folder (train.tsv, dev.tsv, ...); null loads `hub_dataset` from the Hub.")
+    hub_dataset: str = _field("nyu-mll/glue", "Hub dataset id used for GLUE tasks when `path` is null.")
+    train_file: Optional[str] = _field(None, "Custom task: training file (.csv, .tsv, .json, .jsonl, .parquet).")
+    validation_file: Optional[str] = _field(None, "Custom task: validation file.")
+    test_file: Optional[str] = _field(None, "Custom task: test file (labels optional).")
+    text_columns: Optional[list[str]] = _field(None, "Custom task: one or two text columns, e.g. [sentence1,sentence2].")
+    label_column: str = _field("label", "Custom task: label column (integers, strings, or floats for regression).")
+    max_seq_length: int = _field(128, "Truncate tokenized inputs to this many tokens (at most 512).")
+    num_buckets: int = _field(4, "Number of sequence-length buckets, chosen from the training lengths.")
+    bucket_boundaries: Optional[list[int]] = _field(None, "Explicit bucket lengths (overrides num_buckets), e.g. [32,64,128].")
+    pad_to_multiple_of: int = _field(8, "Bucket lengths are multiples of this.")
+    packing: bool = _field(False, "Train on packed rows: several examples per row of one length (one compiled train shape); "
+                                  "train.batch_size is then the mean number of examples per step.")
+    packed_length: Optional[int] = _field(None, "Packed row length (null: max_seq_length rounded up to pad_to_multiple_of).")
+    max_examples_per_row: int = _field(32, "Packing: at most this many examples share a row.")
+    max_train_samples: Optional[int] = _field(None, "Use only the first N training examples.")
+    max_eval_samples: Optional[int] = _field(None, "Use only the first N examples of each evaluation split.")
+    cache_dir: Optional[str] = _field(None, "Tokenization cache folder (default ~/.cache/flaxft/tokenized).")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: float = _field(3.0, "Training epochs (a fraction stops part-way).")
+    max_steps: Optional[int] = _field(None, "Total optimizer steps; overrides epochs when set.")
+    batch_size: int = _field(32, "Global batch size (all devices together).")
+    eval_batch_size: Optional[int] = _field(None, "Global evaluation batch size (default: batch_size).")
+    learning_rate: float = _field(2e-5, "Peak AdamW learning rate.")
+    weight_decay: float = _field(0.01, "AdamW weight decay (not applied to biases and LayerNorm).")
+    warmup_ratio: float = _field(0.1, "Fraction of steps with linear warmup (then linear decay to 0).")
+    warmup_steps: Optional[int] = _field(None, "Warmup steps; overrides warmup_ratio when set.")
+    adam_b1: float = _field(0.9, "AdamW beta1.")
+    adam_b2: float = _field(0.999, "AdamW beta2.")
+    adam_eps: float = _field(1e-8, "AdamW epsilon.")
+    max_grad_norm: float = _field(1.0, "Clip gradients to this global norm (0 disables).")
+    grad_accum_steps: int = _field(1, "Split each batch into N micro-batches and sum their gradients (same update, less memory).")
+    seed: int = _field(42, "Seed for initialization, shuffling and dropout.")
+    dropout_rng: str = _field("hash", "Dropout mask bits: hash (counter-based hash, about a tenth of threefry's cost on CPU) or threefry "
+                                      "(jax.random's default).")
+    dtype: str = _field("float32", "Activation/matmul dtype: float32 or bfloat16 (weights stay float32).")
+    eval_every_steps: Optional[int] = _field(None, "Also evaluate every N steps (always at each epoch end).")
+    log_every_steps: int = _field(10, "Sync and log training loss every N steps.")
+    prefetch: int = _field(2, "Batches prepared ahead on a background thread and put on the devices.")
+    compilation_cache: Optional[str] = _field(
+        "~/.cache/flaxft/xla", "Persistent XLA compilation cache folder (null: off); an identical rerun compiles nothing.")
+
+
+@dataclasses.dataclass
+class MeshConfig:
+    data: int = _field(-1, "Data-parallel axis size (-1: all remaining devices).")
+    fsdp: int = _field(1, "FSDP axis size: shards large weights and the batch.")
+    tensor: int = _field(1, "Tensor-parallel axis size: splits attention heads and the MLP.")
+
+
+@dataclasses.dataclass
+class DistributedConfig:
+    coordinator_address: Optional[str] = _field(None, "host:port of process 0 for multi-process runs (automatic on Cloud TPU).")
+    num_processes: Optional[int] = _field(None, "Number of processes in a multi-process run.")
+    process_id: Optional[int] = _field(None, "This process's index, 0 .. num_processes-1.")
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    every_steps: Optional[int] = _field(None, "Also save a checkpoint every N steps (null: at epoch ends and the last step only).")
+    keep: int = _field(2, "Keep the latest N checkpoints, plus the best one by best_metric.")
+    best_metric: Optional[str] = _field(None, "Eval metric that picks the best checkpoint, e.g. eval_f1; eval_loss is minimized "
+                                              "(null: the task's main metric).")
+    resume_from: Optional[str] = _field(None, "Resume from this checkpoint (a step folder, a checkpoints folder or a run folder) "
+                                              "instead of output_dir's latest.")
+    export: str = _field("best", "At the end, write output_dir/export in Hugging Face format: best, final or none.")
+    async_save: bool = _field(True, "Write checkpoints in the background while training goes on.")
+
+
+@dataclasses.dataclass
+class Config:
+    output_dir: str = _field("outputs/run", "Where the resolved config, metrics, TensorBoard events, summary, checkpoints and export go "
+                                            "(a local folder or gs://bucket/path; gs:// needs flaxft[gcs]).")
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def is_section(tp) -> bool:
+    return dataclasses.is_dataclass(tp)
+
+
+def all_keys(cls=Config, prefix: str = "") -> dict[str, dataclasses.Field]:
+    """Every dotted leaf key -> its dataclass field."""
+    keys = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if is_section(hints[f.name]):
+            keys.update(all_keys(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            keys[prefix + f.name] = f
+    return keys
+
+
+def validate(cfg: Config) -> None:
+    d, t = cfg.data, cfg.train
+
+    def need(ok: bool, msg: str):
+        if not ok:
+            raise FlaxftError(msg)
+
+    need(8 <= d.max_seq_length <= 512, f"data.max_seq_length={d.max_seq_length} must be between 8 and 512")
+    need(d.num_buckets >= 1, "data.num_buckets must be >= 1")
+    need(d.pad_to_multiple_of >= 1, "data.pad_to_multiple_of must be >= 1")
+    need(d.packed_length is None or d.packed_length >= 8, "data.packed_length must be >= 8 (or null)")
+    need(d.max_examples_per_row >= 1, "data.max_examples_per_row must be >= 1")
+    for key in ("max_train_samples", "max_eval_samples"):
+        limit = getattr(d, key)
+        need(limit is None or limit >= 1, f"data.{key}={limit} must be at least 1; unset it to use every row")
+    if d.bucket_boundaries is not None:
+        b = d.bucket_boundaries
+        need(len(b) > 0 and all(x > 0 for x in b) and b == sorted(set(b)),
+             f"data.bucket_boundaries={b} must be increasing positive lengths, e.g. [32,64,128]")
+    need(d.text_columns is None or 1 <= len(d.text_columns) <= 2,
+         "data.text_columns takes one or two columns, e.g. data.text_columns=[sentence1,sentence2]")
+    need(t.batch_size >= 1, "train.batch_size must be >= 1")
+    need(t.eval_batch_size is None or t.eval_batch_size >= 1, "train.eval_batch_size must be >= 1")
+    need(t.epochs > 0 or (t.max_steps or 0) > 0, "train.epochs must be > 0 (or set train.max_steps)")
+    need(t.max_steps is None or t.max_steps >= 1, "train.max_steps must be >= 1 (or null to use train.epochs)")
+    need(t.learning_rate > 0, "train.learning_rate must be > 0")
+    need(0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)")
+    need(t.log_every_steps >= 1, "train.log_every_steps must be >= 1")
+    need(t.eval_every_steps is None or t.eval_every_steps >= 1, "train.eval_every_steps must be >= 1 or null")
+    need(t.dtype in ("float32", "bfloat16"), f"train.dtype='{t.dtype}' is not supported; use float32 or bfloat16")
+    need(t.dropout_rng in ("hash", "threefry"), f"train.dropout_rng='{t.dropout_rng}' is not supported; use hash or threefry")
+    need(t.prefetch >= 1, "train.prefetch must be >= 1")
+    need(t.grad_accum_steps >= 1, "train.grad_accum_steps must be >= 1")
+    need(t.batch_size % t.grad_accum_steps == 0,
+         f"train.batch_size={t.batch_size} must be divisible by train.grad_accum_steps={t.grad_accum_steps}")
+    dist = cfg.distributed
+    if dist.coordinator_address is not None:
+        need(dist.num_processes is not None and dist.process_id is not None,
+             "distributed.coordinator_address needs distributed.num_processes and distributed.process_id too")
+        need(0 <= dist.process_id < dist.num_processes,
+             f"distributed.process_id={dist.process_id} must be in [0, {dist.num_processes})")
+    c = cfg.checkpoint
+    need(c.every_steps is None or c.every_steps >= 1, "checkpoint.every_steps must be >= 1 or null")
+    need(c.keep >= 1, "checkpoint.keep must be >= 1")
+    need(c.export in ("best", "final", "none"), f"checkpoint.export='{c.export}' must be best, final or none")
+    need(c.best_metric is None or c.best_metric.startswith("eval_"),
+         f"checkpoint.best_metric='{c.best_metric}' must be an eval metric such as eval_accuracy or eval_loss")
+    for axis in ("data", "fsdp", "tensor"):
+        size = getattr(cfg.mesh, axis)
+        need(size == -1 or size >= 1, f"mesh.{axis}={size} must be a positive size or -1")
+
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def markdown_reference() -> str:
+    """The README's configuration table: `python -c "import flaxft.config as c; print(c.markdown_reference())"`."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for key, f in all_keys().items():
+        d = _default(f)
+        shown = "null" if d is None else str(d).lower() if isinstance(d, bool) else d
+        rows.append(f"| `{key}` | `{shown}` | {f.metadata['help']} |")
+    return "\n".join(rows)
+
+
+def help_text() -> str:
+    """The config reference printed by `--help` (and pasted into the README)."""
+    lines = []
+    for key, f in all_keys().items():
+        lines.append(f"  {key:<26} {f.metadata['help']} (default: {_default(f)})")
+    return "\n".join(lines)
