@@ -10,6 +10,10 @@ runs use when the machine has it (flaxft/host_memory.py). First it measures the
 matmul peak (bench/roofline.py) for MFU. It prints one markdown table (a row per run and a mean per
 system), the speedup of flaxft over the faster HF variant and the issue's targets, and writes everything
 to --out.
+
+`--baseline-checkout DIR` adds the system flaxft-baseline: the default flaxft run of another checkout (an
+earlier commit, e.g. `git worktree add DIR COMMIT`), with that checkout's own bench/flaxft_run.py and
+package, so a before/after comparison is one invocation on one machine.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ SYSTEMS = {  # name -> (script, extra arguments)
     "flaxft-fixed128": ("flaxft_run.py", ["--fixed-length", "128"]),
     "hf": ("hf_trainer.py", []),
     "hf-tcmalloc": ("hf_trainer.py", ["--allocator", "tcmalloc"]),  # the HF side on flaxft's allocator too
+    "flaxft-baseline": ("flaxft_run.py", []),  # run from --baseline-checkout
 }
 COLUMNS = [("train samples/s", "train_samples_per_second", "{:.1f}"),
            ("real tokens/s", "train_tokens_per_second", "{:.0f}"),
@@ -57,19 +62,21 @@ def parse_args(argv=None):
     p.add_argument("--max-steps", type=int, help="quick check: stop each run after N steps")
     p.add_argument("--max-eval-samples", type=int, help="quick check: score only the first N dev examples")
     p.add_argument("--peak-gflops", type=float, help="skip the matmul measurement and use this float32 peak")
+    p.add_argument("--baseline-checkout", help="another flaxft checkout, run as the system flaxft-baseline")
     p.add_argument("--workdir", default="/tmp/flaxft-bench", help="per-run JSON, logs and flaxft output dirs")
     p.add_argument("--out", default="bench/results/compare.json", help="all results as JSON")
     return p.parse_args(argv)
 
 
-def run(cmd: list[str], log: pathlib.Path) -> float:
-    """Run a command with its output in `log`; its wall time, launch to exit."""
+def run(cmd: list[str], log: pathlib.Path, checkout: pathlib.Path = HERE.parent) -> float:
+    """Run a command in `checkout` (its flaxft first on the path) with its output in `log`; its wall time."""
     # every run starts on glibc's malloc; each script re-executes itself onto tcmalloc when it runs on it
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     env["BENCH_LAUNCH_TIME"] = repr(time.time())
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(checkout), env.get("PYTHONPATH", "")) if p)
     start = time.time()
     with open(log, "w") as f:
-        rc = subprocess.run(cmd, check=False, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=HERE.parent).returncode
+        rc = subprocess.run(cmd, check=False, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=checkout).returncode
     wall = time.time() - start
     if rc:
         tail = "".join(log.read_text(errors="replace").splitlines(True)[-20:])
@@ -99,9 +106,10 @@ def table(results: dict[str, list[dict]]) -> str:
     head = (["system", "seed", "host malloc"] + [c[0] for c in COLUMNS] + [f"dev {k}" for k in metric_keys]
             + ["MFU", "HW util"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for rows in results.values():
+    for name, rows in results.items():
+        system = rows[0]["system"] + (" (baseline checkout)" if name == "flaxft-baseline" else "")
         for r in rows + ([mean_row(rows)] if len(rows) > 1 else []):
-            cells = [rows[0]["system"], str(r["seed"]), r.get("host_allocator", "system")]
+            cells = [system, str(r["seed"]), r.get("host_allocator", "system")]
             cells += [fmt.format(r[key]) for _, key, fmt in COLUMNS]
             cells += [f"{100 * r['metrics'][k]:.2f}" for k in metric_keys]
             cells += [f"{100 * r['mfu']:.1f}%", f"{100 * r['hfu']:.1f}%"]
@@ -119,7 +127,7 @@ def verdict(results: dict[str, list[dict]], quick: bool = False) -> list[str]:
     best = max(hfs, key=lambda name: hfs[name]["train_samples_per_second"])  # the faster HF allocator
     hf = hfs[best]
     out = [f"HF baseline: {best} ({hf['train_samples_per_second']:.1f} samples/s, the faster of {sorted(hfs)})"]
-    for name in ("flaxft", "flaxft-packed", "flaxft-fixed128"):
+    for name in ("flaxft", "flaxft-baseline", "flaxft-packed", "flaxft-fixed128"):
         if name not in results:
             continue
         ours = mean_row(results[name]) if len(results[name]) > 1 else results[name][0]
@@ -158,15 +166,18 @@ def main(argv=None) -> None:
     peak = roof["peak_gflops_float32"] * 1e9
     dims = bert_dims(args.model)
 
+    if "flaxft-baseline" in args.systems and not args.baseline_checkout:
+        sys.exit("the system flaxft-baseline needs --baseline-checkout DIR")
     results: dict[str, list[dict]] = {name: [] for name in args.systems}
     for seed in args.seeds:
         for name in args.systems:
             script, extra = SYSTEMS[name]
+            checkout = pathlib.Path(args.baseline_checkout if name == "flaxft-baseline" else HERE.parent).resolve()
             tag = f"{args.task}_{name}_seed{seed}"
             out = work / f"{tag}.json"
-            cmd = [py, str(HERE / script), *common, "--seed", str(seed), *extra, "--out", str(out)]
+            cmd = [py, str(checkout / "bench" / script), *common, "--seed", str(seed), *extra, "--out", str(out)]
             print(f"[{time.strftime('%H:%M:%S')}] {name} seed {seed}: {' '.join(cmd)}", flush=True)
-            wall = run(cmd, work / f"{tag}.log")
+            wall = run(cmd, work / f"{tag}.log", checkout)
             r = {**json.loads(out.read_text()), "wall_seconds": wall}
             r.update(utilization(dims, r["token_stats"], r["train_seconds"], peak, r["num_labels"]))
             results[name].append(r)

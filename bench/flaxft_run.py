@@ -79,9 +79,11 @@ def main(argv=None) -> None:
 
     import jax
 
+    from flaxft import runtime
     from flaxft.trainer import Trainer
 
     setup_start = time.time()
+    runtime.setup(cfg)  # what `python -m flaxft.train` does first (the persistent compilation cache among it)
     trainer = Trainer(cfg)
     setup_seconds = time.time() - setup_start
 

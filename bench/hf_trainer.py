@@ -1,7 +1,10 @@
 """The Hugging Face course recipe (PyTorch Trainer) on the same local GLUE files; writes one JSON file.
 
     python bench/hf_trainer.py --task mrpc --model DIR --glue ../shared/data/glue --seed 42 --out R.json
-        [--epochs 3 --batch-size 32 --lr 5e-5] [--max-steps N] [--max-eval-samples N]
+        [--epochs 3 --batch-size 32 --lr 5e-5] [--max-steps N] [--max-eval-samples N] [--bf16] [--random-init]
+
+On the CPU unless a CUDA GPU is there (then there, as the Trainer does by default); --bf16 is the Trainer's
+bf16=True (autocast), --random-init builds the model from DIR's config.json alone (no weights needed).
 
 Recipe (HF course, chapter 3): AutoModelForSequenceClassification, tokenizer(truncation=True, max_length=128),
 DataCollatorWithPadding (dynamic padding of random batches), Trainer's AdamW and linear schedule. Set to
@@ -35,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--max-seq-length", type=int, default=128)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--bf16", action="store_true", help="TrainingArguments(bf16=True)")
+    p.add_argument("--random-init", action="store_true", help="initialise from config.json instead of the weights")
     return p.parse_args(argv)
 
 
@@ -87,12 +92,17 @@ def main(argv=None) -> None:
     dev = raw.splits[dev_name].map(encode, batched=True, remove_columns=raw.splits[dev_name].column_names)
 
     transformers.set_seed(args.seed)  # the classifier head's initialization
-    model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=raw.num_labels)
+    if args.random_init:
+        config = transformers.AutoConfig.from_pretrained(args.model, num_labels=raw.num_labels)
+        model = AutoModelForSequenceClassification.from_config(config)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=raw.num_labels)
     steps = args.max_steps or math.ceil(args.epochs * math.ceil(len(train) / args.batch_size))
     collator = CountingCollator(DataCollatorWithPadding(tok))
     tmp = tempfile.TemporaryDirectory()
     targs = TrainingArguments(
-        output_dir=tmp.name, use_cpu=True, per_device_train_batch_size=args.batch_size,
+        output_dir=tmp.name, use_cpu=not torch.cuda.is_available(), bf16=args.bf16,
+        per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.batch_size, learning_rate=args.lr, num_train_epochs=args.epochs,
         max_steps=args.max_steps or -1, weight_decay=args.weight_decay,
         warmup_steps=int(args.warmup_ratio * steps), seed=args.seed, eval_strategy="no", save_strategy="no",
@@ -128,7 +138,8 @@ def main(argv=None) -> None:
         "system": "HF Trainer (PyTorch)" + (" + tcmalloc" if allocator == "tcmalloc" else ""),
         "task": raw.task.name, "seed": args.seed,
         "epochs": out.global_step / math.ceil(len(train) / args.batch_size), "global_step": out.global_step,
-        "batch_size": args.batch_size, "learning_rate": args.lr, "dtype": "float32",
+        "batch_size": args.batch_size, "learning_rate": args.lr, "dtype": "bfloat16" if args.bf16 else "float32",
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "random_init": args.random_init,
         "train_seconds": train_seconds,
         "train_samples_per_second": stats["examples"] / train_seconds,
         "train_tokens_per_second": stats["real_tokens"] / train_seconds,

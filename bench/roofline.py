@@ -24,9 +24,16 @@ import time
 
 # ---------------------------------------------------------------------------- model FLOPs
 
+def encoder_dims(config) -> dict:
+    """Layers, hidden and intermediate size of a flaxft EncoderConfig (any family)."""
+    return {"layers": config.num_layers, "hidden": config.hidden_size, "intermediate": config.intermediate_size}
+
+
 def bert_dims(model_dir) -> dict:
-    c = json.loads((pathlib.Path(model_dir) / "config.json").read_text())
-    return {"layers": c["num_hidden_layers"], "hidden": c["hidden_size"], "intermediate": c["intermediate_size"]}
+    """encoder_dims of a checkpoint folder (its config.json, read as flaxft reads it)."""
+    from flaxft.model import read_config
+
+    return encoder_dims(read_config(model_dir))
 
 
 def matmul_params(d: dict) -> int:

@@ -34,7 +34,8 @@ def build_step(model_dir, dtype: str, dropout: bool, batch: int, length: int, dr
     """(jitted train step, state, batch): MiniLM-sized state on one device, a batch of one length."""
     cfg, params = load_pretrained(model_dir, 2, rng=jax.random.key(0))
     if not dropout:
-        cfg = dataclasses.replace(cfg, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        cfg = dataclasses.replace(cfg, hidden_dropout=0.0, attention_dropout=0.0, attention_output_dropout=0.0,
+                                  classifier_dropout=0.0)
     model = build(cfg, 2, dtype=dtype)
     tx, schedule = make_optimizer(TrainConfig(), 1000)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),

@@ -19,8 +19,11 @@ import huggingface_hub
 from flaxft import storage
 from flaxft.errors import FlaxftError
 
-MODEL_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-               "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"]
+# What a checkpoint folder of any supported family needs: weights (safetensors or torch, sharded or not) and
+# the tokenizer's files (WordPiece vocab.txt, BPE vocab.json + merges.txt, sentencepiece *.model).
+MODEL_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
+               "pytorch_model.bin.index.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+               "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "*.model"]
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

@@ -47,7 +47,7 @@ def sinusoidal_init(key, shape, dtype=jnp.float32):
 
 
 def embedding_positions(config: EncoderConfig, input_ids, position_ids):
-    """Rows of the position table for every token.
+    """Rows of the position table for every token; None for 0, 1, ..., L-1 in every row.
 
     `position_ids` (packed rows) count from 0 within each example. Without them positions are 0, 1, ...,
     except in families whose positions start after the padding id (RoBERTa, MPNet): there, as in
@@ -56,7 +56,7 @@ def embedding_positions(config: EncoderConfig, input_ids, position_ids):
     offset = config.position_offset
     if position_ids is None:
         if offset is None:
-            return jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
+            return None
         real = (input_ids != offset).astype(jnp.int32)
         return jnp.cumsum(real, axis=-1) * real + offset
     return position_ids if offset is None else position_ids + offset + 1
@@ -94,10 +94,19 @@ class Embeddings(nn.Module):
 
         x = table(cfg.vocab_size, "word_embeddings")(input_ids)
         if cfg.type_vocab_size:
-            types = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
-            x = x + table(cfg.type_vocab_size, "token_type_embeddings")(types)
-        x = x + table(cfg.max_positions, "position_embeddings", sinusoidal_init if cfg.sinusoidal_positions else None)(
-            positions)
+            types = table(cfg.type_vocab_size, "token_type_embeddings")
+            if token_type_ids is None:
+                x = x + types.embedding[0].astype(self.dtype)
+            else:  # a one-hot matmul: a gather's backward would scatter every token into one or two rows, which
+                # serialises on GPUs (it was 60% of a BERT-base step on an H200); this is a tiny matmul
+                x = x + jax.nn.one_hot(token_type_ids, cfg.type_vocab_size, dtype=self.dtype) @ types.embedding.astype(
+                    self.dtype)
+        position_table = table(cfg.max_positions, "position_embeddings",
+                               sinusoidal_init if cfg.sinusoidal_positions else None)
+        if positions is None:  # 0, 1, ..., L-1 in every row: a slice, whose gradient is a sum over the batch
+            x = x + position_table.embedding[:input_ids.shape[-1]].astype(self.dtype)
+        else:
+            x = x + position_table(positions)
         x = layer_norm(cfg, self.dtype, "norm")(x)
         x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
         if cfg.embedding_width != cfg.hidden_size:
