@@ -52,7 +52,7 @@ COLUMNS = [("train samples/s", "train_samples_per_second", "{:.1f}"),
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default="mrpc")
-    p.add_argument("--model", required=True, help="BERT checkpoint folder (both sides load it)")
+    p.add_argument("--model", required=True, help="checkpoint folder of any supported family (both sides load it)")
     p.add_argument("--glue", required=True, help="folder holding the GLUE task folders")
     p.add_argument("--epochs", type=float, default=3)
     p.add_argument("--batch-size", type=int, default=32)
