@@ -32,11 +32,16 @@ FAMILIES = {
     "electra": (transformers.ElectraConfig, "wordpiece", dict(embedding_size=16)),
     "distilbert": (transformers.DistilBertConfig, "wordpiece", dict(dim=32, n_layers=2, n_heads=4, hidden_dim=48)),
     "mpnet": (transformers.MPNetConfig, "mpnet", {}),
+    # global layers 0 and 2, a window of 4 tokens each side; every dropout on (transformers' default is none)
+    "modernbert": (transformers.ModernBertConfig, "bpe", dict(
+        num_hidden_layers=3, global_attn_every_n_layers=2, local_attention=8, bos_token_id=0, cls_token_id=0,
+        eos_token_id=2, sep_token_id=2, embedding_dropout=0.1, attention_dropout=0.1, mlp_dropout=0.1,
+        classifier_dropout=0.1)),
 }
 SEQ_CLS = {"bert": "BertForSequenceClassification", "roberta": "RobertaForSequenceClassification",
            "xlm-roberta": "XLMRobertaForSequenceClassification", "camembert": "CamembertForSequenceClassification",
            "electra": "ElectraForSequenceClassification", "distilbert": "DistilBertForSequenceClassification",
-           "mpnet": "MPNetForSequenceClassification"}
+           "mpnet": "MPNetForSequenceClassification", "modernbert": "ModernBertForSequenceClassification"}
 
 
 def bpe_tokenizer(folder: pathlib.Path):
@@ -100,7 +105,7 @@ def run_args(model: pathlib.Path, pairs: pathlib.Path, out: pathlib.Path, *extra
             f"data.cache_dir={out.parent / 'cache'}", f"output_dir={out}", *extra]
 
 
-@pytest.mark.parametrize("model_type", ["roberta", "electra", "distilbert", "mpnet"])
+@pytest.mark.parametrize("model_type", ["roberta", "electra", "distilbert", "mpnet", "modernbert"])
 def test_same_loss_curve_on_1_and_8_devices(model_type, family_folders, pairs, tmp_path):
     """12 steps with dropout, every parameter sharded by the family's rules over data=2, fsdp=2, tensor=2."""
     args = run_args(family_folders[model_type], pairs, tmp_path / "one", "train.max_steps=12", "checkpoint.export=none")
@@ -140,7 +145,7 @@ def test_export_loads_in_transformers_with_the_same_logits(model_type, family_fo
     assert ours.metrics["test_accuracy"] == pytest.approx(np.mean(want.argmax(-1) == [int(r[2]) for r in rows]))
 
 
-@pytest.mark.parametrize("model_type", ["roberta", "electra", "distilbert", "mpnet"])
+@pytest.mark.parametrize("model_type", ["roberta", "electra", "distilbert", "mpnet", "modernbert"])
 def test_packed_bfloat16_accumulation_remat_and_exact_resume(model_type, family_folders, pairs, tmp_path):
     """Packed rows in bfloat16, gradients over 2 micro-batches, remat: one train shape, finite losses; a run
     stopped at a checkpoint (the preemption path) and resumed ends bitwise where an uninterrupted run does."""
@@ -210,5 +215,5 @@ def test_tokenizer_files_of_the_families_are_their_own(family_folders):
     assert roberta.convert_ids_to_tokens(ids).count("</s>") == 3  # <s> A </s></s> B </s>
     reads_types = {t: family_of(read_config(f)).token_type_ids for t, f in family_folders.items()}
     assert reads_types == {"bert": True, "electra": True, "roberta": False, "xlm-roberta": False, "camembert": False,
-                           "distilbert": False, "mpnet": False}
+                           "distilbert": False, "mpnet": False, "modernbert": False}
     assert {name for name in TOKENIZER_FILES if (family_folders["bert"] / name).exists()} >= {"tokenizer.json"}
