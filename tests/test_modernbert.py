@@ -1,0 +1,124 @@
+"""ModernBERT beyond the family harness (tests/test_families.py, tests/test_family_runs.py): config.json as the
+Hub writes it, masked-LM checkpoints, the sliding window on long packed rows, mean pooling of empty slots,
+the sharding of the fused layers, and refused variants."""
+
+import logging
+import re
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+from jax.sharding import PartitionSpec as P
+
+from flaxft.config import MeshConfig
+from flaxft.errors import FlaxftError
+from flaxft.model import build, config_from_hf, load_pretrained, params_to_state_dict
+from flaxft.model.modernbert import FAMILY, window_mask
+from flaxft.parallel import make_mesh, tree_shardings
+from tests.test_families import MODERNBERT, VOCAB, assert_gradients_match, packed_logits, tiny_torch_model
+
+
+def test_hub_config_fields():
+    """The Hub's config.json names (global_attn_every_n_layers, *_rope_theta) become per-layer kinds and bases."""
+    config = config_from_hf({"model_type": "modernbert", "num_hidden_layers": 7, "global_attn_every_n_layers": 3,
+                             "local_attention": 128, "global_rope_theta": 80000.0, "local_rope_theta": 5000.0,
+                             "classifier_pooling": "mean", "norm_eps": 1e-6, "norm_bias": True})
+    assert config.global_layers == (True, False, False, True, False, False, True)
+    assert config.half_window == 64 and config.pooling == "mean" and config.norm_bias
+    assert (config.global_rope_theta, config.local_rope_theta, config.layer_norm_eps) == (80000.0, 5000.0, 1e-6)
+    assert config.max_length == 8192 and config.type_vocab_size == 0
+
+
+def long_batch(lengths, width: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((len(lengths), width), np.int32)
+    mask = np.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = np.concatenate([[1], rng.integers(4, VOCAB, n - 1)])
+        mask[row, :n] = 1
+    return ids, mask, np.zeros_like(ids)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_window_far_shorter_than_rows(pooling, tmp_path):
+    """Rows of up to 40 tokens with a window of 3 each side: logits and gradients match transformers, and packed
+    rows (an example starting at token 33 of its row) give each example's own logits."""
+    model = tiny_torch_model("modernbert", local_attention=6, classifier_pooling=pooling)
+    model.save_pretrained(tmp_path)
+    config, params = load_pretrained(tmp_path, 3, rng=jax.random.key(0))
+    ids, mask, types = long_batch([40, 33, 7], 40)
+    got = build(config, 3).apply({"params": params}, ids, mask)
+    with torch.no_grad():
+        want = model(input_ids=torch.as_tensor(ids, dtype=torch.long), attention_mask=torch.as_tensor(mask)).logits
+    np.testing.assert_allclose(np.asarray(got), want.numpy(), atol=1e-4, rtol=0)
+    assert_gradients_match(model, config, params, ids, mask, types)
+    packed = np.asarray(packed_logits(config, params, ids, mask, types, np.array([[1, 2, -1], [0, -1, -1]]), 48, 0))
+    np.testing.assert_allclose(packed[[1, 0, 0], [0, 0, 1]], np.asarray(got), atol=1e-5)
+    assert np.isfinite(packed).all()  # empty slots too (mean pooling over no tokens is zeros, not NaN)
+
+
+def test_window_mask_stays_inside_examples():
+    """Packed positions restart per example: the window is by those positions, within the same segment."""
+    segments = np.array([[1, 1, 1, 1, 1, 2, 2, 2, 0, 0]])
+    positions = np.array([[0, 1, 2, 3, 4, 0, 1, 2, 0, 0]])
+    same = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] > 0)
+    got = np.asarray(window_mask(same[:, None], positions, 1))[0, 0]
+    want = same[0] & (np.abs(positions[0][:, None] - positions[0][None, :]) <= 1)
+    np.testing.assert_array_equal(got, want)
+    assert not got[4, 5] and got[4, 3] and not got[4, 2]
+
+
+def test_masked_lm_checkpoint_keeps_its_head(tmp_path, caplog):
+    """A ModernBertForMaskedLM folder: the encoder and the prediction head (dense, norm) come from it, only the
+    output layer is new; the decoder is ignored. The classifier then matches transformers' with that layer."""
+    torch.manual_seed(0)
+    config_hf = transformers.ModernBertConfig(**{**MODERNBERT, "vocab_size": VOCAB, "hidden_size": 32,
+                                                 "num_attention_heads": 4, "intermediate_size": 37, "num_labels": 2})
+    mlm = transformers.ModernBertForMaskedLM(config_hf).eval()
+    with torch.no_grad():
+        for p in mlm.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    mlm.save_pretrained(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="flaxft"):
+        config, params = load_pretrained(tmp_path, 2, rng=jax.random.key(0))
+    fresh = [line for line in caplog.text.splitlines() if "newly initialized" in line]
+    assert len(fresh) == 1 and "head/out/kernel" in fresh[0] and "head/dense" not in fresh[0]
+    state = params_to_state_dict(params, config)
+    for key, value in mlm.state_dict().items():
+        if not key.startswith("decoder"):
+            np.testing.assert_array_equal(state[key], value.numpy(), err_msg=key)
+    classifier = transformers.ModernBertForSequenceClassification.from_pretrained(tmp_path).eval()
+    classifier.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+    ids, mask, _ = long_batch([12, 9], 12)
+    with torch.no_grad():
+        want = classifier(input_ids=torch.as_tensor(ids, dtype=torch.long), attention_mask=torch.as_tensor(mask)).logits
+    np.testing.assert_allclose(np.asarray(build(config, 2).apply({"params": params}, ids, mask)), want.numpy(),
+                               atol=1e-4, rtol=0)
+
+
+def test_fused_layers_shard_like_their_parts():
+    """query/key/value (from Wqkv) follow the shared rules; the GeGLU gate (from Wi) splits like the input."""
+    mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    config = config_from_hf({"model_type": "modernbert", "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2,
+                             "num_attention_heads": 4, "intermediate_size": 48})
+    module = build(config, 2)
+    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), np.zeros((1, 8), np.int32), np.ones((1, 8))))
+    layer = tree_shardings(mesh, shapes["params"], FAMILY.partition_rules)["encoder"]["layer_1"]
+    for name in ("query", "key", "value"):
+        assert layer["attention"][name]["kernel"].spec == P("fsdp", "tensor")
+    assert layer["mlp"]["gate"]["kernel"].spec == layer["mlp"]["input"]["kernel"].spec == P("fsdp", "tensor")
+    assert layer["mlp"]["output"]["kernel"].spec == P("tensor", "fsdp")
+
+
+@pytest.mark.parametrize("field, named", [
+    ({"rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4},
+                          "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}, "rope_type 'linear'"),
+    ({"hidden_activation": "silu"}, "hidden_activation 'silu'"),
+    ({"classifier_activation": "silu"}, "classifier_activation 'silu'"),
+    ({"hidden_size": 36, "num_attention_heads": 4}, "an odd attention head size (9)"),
+])
+def test_unsupported_variants_are_one_line_errors(field, named):
+    with pytest.raises(FlaxftError, match=rf"^model config: {re.escape(named)}.* is not supported[^\n]*$"):
+        config_from_hf({"model_type": "modernbert", **field})
