@@ -33,7 +33,7 @@ FAMILIES = {
     "distilbert": (transformers.DistilBertConfig, "wordpiece", dict(dim=32, n_layers=2, n_heads=4, hidden_dim=48)),
     "mpnet": (transformers.MPNetConfig, "mpnet", {}),
     # global layers 0 and 2, a window of 4 tokens each side; every dropout on (transformers' default is none)
-    "modernbert": (transformers.ModernBertConfig, "bpe", dict(
+    "modernbert": (transformers.ModernBertConfig, "modernbert", dict(
         num_hidden_layers=3, global_attn_every_n_layers=2, local_attention=8, bos_token_id=0, cls_token_id=0,
         eos_token_id=2, sep_token_id=2, embedding_dropout=0.1, attention_dropout=0.1, mlp_dropout=0.1,
         classifier_dropout=0.1)),
@@ -57,12 +57,32 @@ def bpe_tokenizer(folder: pathlib.Path):
     return transformers.RobertaTokenizer(vocab=json.loads((folder / "vocab.json").read_text()), merges=merges)
 
 
+def modernbert_tokenizer():
+    """A byte-level BPE tokenizer.json in ModernBERT's layout ([CLS]=0, [PAD]=1, [SEP]=2; pairs as
+    [CLS] A [SEP] B [SEP]), loaded as transformers' generic fast tokenizer, as ModernBERT's is."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    specials = ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"]
+    bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = [" ".join(WORDS[i:] + WORDS[:i] + ["good", "bad"]) for i in range(len(WORDS))] * 4
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, min_frequency=1, special_tokens=specials,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+                                                       special_tokens=[("[CLS]", 0), ("[SEP]", 2)])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, cls_token="[CLS]", pad_token="[PAD]",
+                                                sep_token="[SEP]", unk_token="[UNK]", mask_token="[MASK]",
+                                                model_input_names=["input_ids", "attention_mask"])
+
+
 @pytest.fixture(scope="session")
 def family_folders(tmp_path_factory, minilm_dir, mpnet_dir):
     """model_type -> a base checkpoint folder (no head: flaxft adds a fresh one) with the family's tokenizer."""
     root = tmp_path_factory.mktemp("families")
     tokenizers = {"wordpiece": transformers.AutoTokenizer.from_pretrained(minilm_dir),
                   "bpe": bpe_tokenizer(root),
+                  "modernbert": modernbert_tokenizer(),
                   "mpnet": transformers.AutoTokenizer.from_pretrained(mpnet_dir)}
     folders = {}
     for model_type, (config_cls, kind, extra) in FAMILIES.items():
@@ -213,6 +233,9 @@ def test_tokenizer_files_of_the_families_are_their_own(family_folders):
     roberta = transformers.AutoTokenizer.from_pretrained(family_folders["roberta"])
     ids = roberta("good movie", "bad plot")["input_ids"]
     assert roberta.convert_ids_to_tokens(ids).count("</s>") == 3  # <s> A </s></s> B </s>
+    modernbert = transformers.AutoTokenizer.from_pretrained(family_folders["modernbert"])
+    tokens = modernbert.convert_ids_to_tokens(modernbert("good movie", "bad plot")["input_ids"])
+    assert tokens[0] == "[CLS]" and tokens.count("[SEP]") == 2 and tokens[-1] == "[SEP]"
     reads_types = {t: family_of(read_config(f)).token_type_ids for t, f in family_folders.items()}
     assert reads_types == {"bert": True, "electra": True, "roberta": False, "xlm-roberta": False, "camembert": False,
                            "distilbert": False, "mpnet": False, "modernbert": False}
