@@ -20,15 +20,31 @@ from flaxft.parallel import make_mesh, tree_shardings
 from tests.test_families import MODERNBERT, VOCAB, assert_gradients_match, packed_logits, tiny_torch_model
 
 
+# answerdotai/ModernBERT-base's config.json (transformers 4.47 era): the Hub's names for the layer pattern and bases
+MODERNBERT_BASE = {
+    "architectures": ["ModernBertForMaskedLM"], "attention_bias": False, "attention_dropout": 0.0,
+    "bos_token_id": 50281, "classifier_activation": "gelu", "classifier_bias": False, "classifier_dropout": 0.0,
+    "classifier_pooling": "mean", "cls_token_id": 50281, "decoder_bias": True, "deterministic_flash_attn": False,
+    "embedding_dropout": 0.0, "eos_token_id": 50282, "global_attn_every_n_layers": 3, "global_rope_theta": 160000.0,
+    "gradient_checkpointing": False, "hidden_activation": "gelu", "hidden_size": 768, "initializer_cutoff_factor": 2.0,
+    "initializer_range": 0.02, "intermediate_size": 1152, "layer_norm_eps": 1e-05, "local_attention": 128,
+    "local_rope_theta": 10000.0, "max_position_embeddings": 8192, "mlp_bias": False, "mlp_dropout": 0.0,
+    "model_type": "modernbert", "norm_bias": False, "norm_eps": 1e-05, "num_attention_heads": 12,
+    "num_hidden_layers": 22, "pad_token_id": 50283, "position_embedding_type": "absolute", "sep_token_id": 50282,
+    "tie_word_embeddings": True, "torch_dtype": "float32", "transformers_version": "4.47.0.dev0", "vocab_size": 50368}
+
+
 def test_hub_config_fields():
     """The Hub's config.json names (global_attn_every_n_layers, *_rope_theta) become per-layer kinds and bases."""
-    config = config_from_hf({"model_type": "modernbert", "num_hidden_layers": 7, "global_attn_every_n_layers": 3,
-                             "local_attention": 128, "global_rope_theta": 80000.0, "local_rope_theta": 5000.0,
-                             "classifier_pooling": "mean", "norm_eps": 1e-6, "norm_bias": True})
-    assert config.global_layers == (True, False, False, True, False, False, True)
-    assert config.half_window == 64 and config.pooling == "mean" and config.norm_bias
-    assert (config.global_rope_theta, config.local_rope_theta, config.layer_norm_eps) == (80000.0, 5000.0, 1e-6)
-    assert config.max_length == 8192 and config.type_vocab_size == 0
+    config = config_from_hf(MODERNBERT_BASE)
+    assert config.global_layers == tuple(i % 3 == 0 for i in range(22))
+    assert config.half_window == 64 and config.pooling == "mean" and not config.norm_bias
+    assert (config.global_rope_theta, config.local_rope_theta, config.layer_norm_eps) == (160000.0, 10000.0, 1e-5)
+    assert config.max_length == 8192 and config.type_vocab_size == 0 and config.intermediate_size == 1152
+    other = config_from_hf({"model_type": "modernbert", "num_hidden_layers": 4, "global_attn_every_n_layers": 2,
+                            "local_rope_theta": 500.0, "norm_eps": 1e-6, "norm_bias": True})
+    assert other.global_layers == (True, False, True, False) and other.local_rope_theta == 500.0
+    assert other.layer_norm_eps == 1e-6 and other.norm_bias and other.pooling == "cls"
 
 
 def long_batch(lengths, width: int, seed: int = 0):
