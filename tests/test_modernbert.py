@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 from flaxft.config import MeshConfig
 from flaxft.errors import FlaxftError
 from flaxft.model import build, config_from_hf, load_pretrained, params_to_state_dict
-from flaxft.model.modernbert import FAMILY, window_mask
+from flaxft.model.modernbert import FAMILY, band_mask, banded, window_mask
 from flaxft.parallel import make_mesh, tree_shardings
 from tests.test_families import MODERNBERT, VOCAB, assert_gradients_match, packed_logits, tiny_torch_model
 
@@ -75,15 +75,39 @@ def test_window_far_shorter_than_rows(pooling, tmp_path):
     assert np.isfinite(packed).all()  # empty slots too (mean pooling over no tokens is zeros, not NaN)
 
 
+def test_window_wider_than_a_third_of_the_row(tmp_path):
+    """A window of 8 each side on rows of 10: one dense [L, L] mask (blocks would cost more), still windowed (tokens
+    0 and 9 do not see each other); logits and gradients match transformers, packed rows their examples."""
+    model = tiny_torch_model("modernbert", local_attention=16)
+    model.save_pretrained(tmp_path)
+    config, params = load_pretrained(tmp_path, 3, rng=jax.random.key(0))
+    assert not banded(10, config.half_window) and banded(40, config.half_window)
+    ids, mask, types = long_batch([10, 10, 6], 10)
+    got = build(config, 3).apply({"params": params}, ids, mask)
+    with torch.no_grad():
+        want = model(input_ids=torch.as_tensor(ids, dtype=torch.long), attention_mask=torch.as_tensor(mask)).logits
+    np.testing.assert_allclose(np.asarray(got), want.numpy(), atol=1e-4, rtol=0)
+    assert_gradients_match(model, config, params, ids, mask, types)
+    packed = np.asarray(packed_logits(config, params, ids, mask, types, np.array([[0, 2], [1, -1]]), 16, 0))
+    np.testing.assert_allclose(packed[[0, 1, 0], [0, 0, 1]], np.asarray(got), atol=1e-5)
+
+
 def test_window_mask_stays_inside_examples():
-    """Packed positions restart per example: the window is by those positions, within the same segment."""
-    segments = np.array([[1, 1, 1, 1, 1, 2, 2, 2, 0, 0]])
-    positions = np.array([[0, 1, 2, 3, 4, 0, 1, 2, 0, 0]])
+    """Packed positions restart per example: the window is by those positions, within the same segment; the
+    blocked mask (blocks of 2 tokens against 6 keys) holds the same pairs."""
+    segments = np.array([[1, 1, 1, 1, 1, 2, 2, 2, 0, 0, 3]])
+    positions = np.array([[0, 1, 2, 3, 4, 0, 1, 2, 0, 0, 0]])
     same = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] > 0)
-    got = np.asarray(window_mask(same[:, None], positions, 1))[0, 0]
-    want = same[0] & (np.abs(positions[0][:, None] - positions[0][None, :]) <= 1)
+    got = np.asarray(window_mask(same[:, None], positions, positions, 2))[0, 0]
+    want = same[0] & (np.abs(positions[0][:, None] - positions[0][None, :]) <= 2)
     np.testing.assert_array_equal(got, want)
-    assert not got[4, 5] and got[4, 3] and not got[4, 2]
+    assert not got[4, 5] and got[4, 2] and not got[4, 1]
+    band = np.asarray(band_mask(segments, 2).mask)[0, :, 0]  # [blocks, 2, 6]: keys from index 2 i - 2
+    from_band = np.zeros((12, 12), bool)
+    for i, block in enumerate(band):
+        for j, t in zip(*np.nonzero(block)):
+            from_band[2 * i + j, 2 * i - 2 + t] = True
+    np.testing.assert_array_equal(from_band[:11, :11], want)
 
 
 def test_masked_lm_checkpoint_keeps_its_head(tmp_path, caplog):

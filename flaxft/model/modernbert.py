@@ -12,12 +12,18 @@ What differs from BERT's encoder (flaxft.model.layers), as transformers computes
     classifier.
 Packed rows (flaxft.data.packing) number positions from 0 in each example, so RoPE and the window are per
 example: a key is visible if it is in the query's example and within the window by those positions.
+
+Sliding-window layers attend by blocks of local_attention // 2 tokens, each against its own and its two
+neighbours' keys, when that is fewer scores than the full [L, L] (rows longer than 3 half-windows): at
+ModernBERT-base's window of 128, 512-token rows need 192 instead of 512 keys per query, 8192-token rows 192
+instead of 8192. Shorter rows use one dense windowed mask. Either way the masks are built once per call.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -40,7 +46,7 @@ class ModernBertConfig(EncoderConfig):
     classifier_activation."""
 
     global_layers: tuple[bool, ...] = ()  # per layer: full attention (True) or the sliding window
-    half_window: int = 64                 # sliding layers see keys at most this many positions away (local_attention // 2)
+    half_window: int = 64                 # sliding layers see keys at most this far away: local_attention // 2
     global_rope_theta: float = 160_000.0
     local_rope_theta: float = 10_000.0
     norm_bias: bool = False               # the LayerNorms have a bias
@@ -102,11 +108,53 @@ def rotate(x, cos_sin):
     return (y * cos + jnp.concatenate([-second, first], axis=-1) * sin).astype(x.dtype)
 
 
-def window_mask(mask, positions, half_window: int):
-    """`mask` and, for sliding-window layers, |query position - key position| <= half_window; positions are per
-    example ([B, L] packed rows) or 0..L-1 ([1, L]), so the band is [B or 1, 1, L, L]."""
-    near = jnp.abs(positions[:, :, None] - positions[:, None, :]) <= half_window
+def window_mask(mask, query_positions, key_positions, half_window: int):
+    """`mask` [B, 1, Q, L] and |query position - key position| <= half_window. Positions are per example ([B, n]
+    in packed rows) or 0..L-1 ([1, n]), so a window never reaches into another example."""
+    near = jnp.abs(query_positions[:, :, None] - key_positions[:, None, :]) <= half_window
     return mask & near[:, None]
+
+
+def blocks(x, size: int):
+    """[B, L, ...] -> [B, ceil(L / size), size, ...], zero-padded at the end."""
+    n = -(-x.shape[1] // size)
+    x = jnp.pad(x, [(0, 0), (0, n * size - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+    return x.reshape(x.shape[0], n, size, *x.shape[2:])
+
+
+def neighbourhoods(x, size: int):
+    """[B, L, ...] -> [B, blocks, 3 size, ...]: for each block of `blocks`, the rows of the blocks before it, itself
+    and after it (zeros past either end)."""
+    b = jnp.pad(blocks(x, size), [(0, 0), (1, 1)] + [(0, 0)] * (x.ndim - 1))
+    return jnp.concatenate([b[:, :-2], b[:, 1:-1], b[:, 2:]], axis=2)
+
+
+@flax.struct.dataclass
+class BandMask:
+    """A sliding-window mask by blocks of half_window tokens, [B, blocks, 1, size, 3 size]: query j of block i may see
+    token t of blocks i-1, i, i+1. Attention then costs L x 3 size scores instead of L x L."""
+
+    mask: jax.Array
+
+    @property
+    def block_size(self) -> int:
+        return self.mask.shape[-2]
+
+
+def banded(length: int, half_window: int) -> bool:
+    """Whether blocks of half_window tokens, each against three blocks of keys, cost less than L x L scores."""
+    return 3 * max(half_window, 1) < length
+
+
+def band_mask(segments, half_window: int) -> BandMask:
+    """The sliding-window mask of rows whose tokens carry `segments` [B, L] (0 = padding; the attention mask for
+    unpacked rows, the segment ids for packed ones). Tokens of one example are contiguous, so within an example
+    row distance is position distance."""
+    size = max(half_window, 1)
+    queries = blocks(segments, size)[:, :, :, None]
+    keys = neighbourhoods(segments, size)[:, :, None, :]
+    near = np.abs(size + np.arange(size)[:, None] - np.arange(3 * size)[None, :]) <= half_window  # static
+    return BandMask(((queries == keys) & (keys > 0) & near)[:, :, None])
 
 
 class Embeddings(nn.Module):
@@ -140,13 +188,23 @@ class Attention(nn.Module):
             y = dense(cfg.hidden_size, cfg, self.dtype, name, use_bias=cfg.attention_bias)(y)
             return y.reshape(*y.shape[:-1], heads, head_dim)
 
+        def attend(q, k, v, mask, scores_spec: str, output_spec: str):
+            # Scores and softmax in float32 so bf16 runs stay stable.
+            scores = jnp.einsum(scores_spec, q, k, preferred_element_type=jnp.float32) * head_dim**-0.5
+            scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
+            probs = nn.Dropout(cfg.attention_dropout)(jax.nn.softmax(scores, axis=-1), deterministic=deterministic)
+            return jnp.einsum(output_spec, probs.astype(self.dtype), v)
+
         q = rotate(project("query", queries), rope_queries)
         k = rotate(project("key", x), rope_keys)
         v = project("value", x)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * head_dim**-0.5
-        scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
-        probs = nn.Dropout(cfg.attention_dropout)(jax.nn.softmax(scores, axis=-1), deterministic=deterministic)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
+        if isinstance(mask, BandMask):  # each block of queries against its own and its neighbours' keys
+            size = mask.block_size
+            out = attend(blocks(q, size), neighbourhoods(k, size), neighbourhoods(v, size), mask.mask,
+                         "bnqhd,bnkhd->bnhqk", "bnhqk,bnkhd->bnqhd")
+            out = out.reshape(out.shape[0], -1, heads, head_dim)[:, :q.shape[1]]
+        else:
+            out = attend(q, k, v, mask, "bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd")
         out = dense(cfg.hidden_size, cfg, self.dtype, "output", use_bias=cfg.attention_bias)(
             out.reshape(*out.shape[:2], cfg.hidden_size))
         return nn.Dropout(cfg.attention_output_dropout)(out, deterministic=deterministic)
@@ -199,11 +257,15 @@ class Encoder(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, x, mask, positions, cls_index, deterministic: bool):
+    def __call__(self, x, mask, segments, positions, cls_index, deterministic: bool):
         cfg = self.config
         head_dim = cfg.hidden_size // cfg.num_heads
         # The two masks and two rotations are computed once and shared by the layers of each kind.
-        masks = {True: mask, False: window_mask(mask, positions, cfg.half_window)}
+        if banded(x.shape[1], cfg.half_window):
+            local = band_mask(segments, cfg.half_window)
+        else:
+            local = window_mask(mask, positions, positions, cfg.half_window)
+        masks = {True: mask, False: local}
         ropes = {True: rotary(positions, cfg.global_rope_theta, head_dim),
                  False: rotary(positions, cfg.local_rope_theta, head_dim)}
         # Argument 6 (`deterministic`, counting `self` as 0) is a Python bool.
@@ -213,9 +275,11 @@ class Encoder(nn.Module):
             layer = layer_cls(cfg, self.dtype, first=i == 0, name=f"layer_{i}")
             rope = ropes[is_global]
             if i == last and cfg.pooling == "cls":
+                row_mask = query_rows_of_scores(mask, cls_index)
+                if not is_global:
+                    row_mask = window_mask(row_mask, query_rows(positions, cls_index), positions, cfg.half_window)
                 rows = (query_rows(rope[0], cls_index), query_rows(rope[1], cls_index))
-                x = layer(x, query_rows(x, cls_index), query_rows_of_scores(masks[is_global], cls_index), rope, rows,
-                          deterministic)
+                x = layer(x, query_rows(x, cls_index), row_mask, rope, rows, deterministic)
             else:
                 x = layer(x, x, masks[is_global], rope, rope, deterministic)
         return layer_norm(cfg, self.dtype, "final_norm", cfg.norm_bias)(x)
@@ -246,8 +310,8 @@ class Head(nn.Module):
     @nn.compact
     def __call__(self, pooled, deterministic: bool):
         cfg = self.config
-        h = ACTIVATION_FNS[cfg.head_activation](dense(cfg.hidden_size, cfg, self.dtype, "dense", cfg.classifier_bias)(pooled))
-        h = layer_norm(cfg, self.dtype, "norm", cfg.norm_bias)(h)
+        h = dense(cfg.hidden_size, cfg, self.dtype, "dense", cfg.classifier_bias)(pooled)
+        h = layer_norm(cfg, self.dtype, "norm", cfg.norm_bias)(ACTIVATION_FNS[cfg.head_activation](h))
         h = nn.Dropout(cfg.classifier_dropout)(h, deterministic=deterministic)
         return dense(self.num_labels, cfg, self.dtype, "out")(h).astype(jnp.float32)
 
@@ -267,8 +331,9 @@ class ModernBertClassifier(nn.Module):
         cfg = self.config
         x = Embeddings(cfg, self.dtype, name="embeddings")(input_ids, deterministic)
         positions = jnp.arange(input_ids.shape[-1])[None] if position_ids is None else position_ids
+        segments = attention_mask if segment_ids is None else segment_ids  # 0 = padding
         hidden = Encoder(cfg, self.dtype, self.remat, name="encoder")(
-            x, attention_mask_to_bool(attention_mask, segment_ids), positions, cls_index, deterministic)
+            x, attention_mask_to_bool(attention_mask, segment_ids), segments, positions, cls_index, deterministic)
         if cfg.pooling == "mean":
             pooled = mean_pool(hidden, attention_mask, segment_ids, None if cls_index is None else cls_index.shape[1])
         else:
