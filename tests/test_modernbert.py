@@ -162,3 +162,13 @@ def test_fused_layers_shard_like_their_parts():
 def test_unsupported_variants_are_one_line_errors(field, named):
     with pytest.raises(FlaxftError, match=rf"^model config: {re.escape(named)}.* is not supported[^\n]*$"):
         config_from_hf({"model_type": "modernbert", **field})
+
+
+@pytest.mark.parametrize("field, named", [
+    ({"classifier_pooling": "max"}, "classifier_pooling"),
+    ({"num_hidden_layers": 2, "layer_types": ["full_attention"]}, "layer_types"),
+])
+def test_configs_transformers_refuses_are_one_line_errors(field, named):
+    with pytest.raises(FlaxftError, match=rf"^model config: transformers cannot read this modernbert config.json "
+                                          rf"\([^\n]*{named}[^\n]*\); fix config.json$"):
+        config_from_hf({"model_type": "modernbert", **field})

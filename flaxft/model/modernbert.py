@@ -57,10 +57,8 @@ class ModernBertConfig(EncoderConfig):
     pooling: str = "cls"                  # classifier_pooling: "cls" (row 0) or "mean" (of the real tokens)
 
 
-POOLINGS = ("cls", "mean")
-
-
 def read_config(d: dict) -> ModernBertConfig:
+    """transformers validates classifier_pooling and one layer type per layer; flaxft refuses what it lacks."""
     hf = hf_config_object(d)
     for kind in (GLOBAL, SLIDING):
         rope = hf.rope_parameters.get(kind) or {}
@@ -68,10 +66,6 @@ def read_config(d: dict) -> ModernBertConfig:
                "use a checkpoint with default RoPE (no rope_scaling)")
     unknown = sorted(set(hf.layer_types) - {GLOBAL, SLIDING})
     refuse(bool(unknown), f"layer_types {unknown}", f"use only '{GLOBAL}' and '{SLIDING}' layers")
-    refuse(len(hf.layer_types) != hf.num_hidden_layers, f"{len(hf.layer_types)} layer_types for "
-           f"{hf.num_hidden_layers} layers", "give one layer type per layer in config.json")
-    refuse(hf.classifier_pooling not in POOLINGS, f"classifier_pooling '{hf.classifier_pooling}'",
-           f"use one of {list(POOLINGS)}")
     head_dim = hf.hidden_size // hf.num_attention_heads
     refuse(head_dim % 2 == 1, f"an odd attention head size ({head_dim}) with RoPE", "use an even head size")
     for name in ("hidden_activation", "classifier_activation"):
