@@ -2,6 +2,7 @@
 Hub writes it, masked-LM checkpoints, the sliding window on long packed rows, mean pooling of empty slots,
 the sharding of the fused layers, and refused variants."""
 
+import json
 import logging
 import re
 
@@ -12,11 +13,14 @@ import torch
 import transformers
 from jax.sharding import PartitionSpec as P
 
+from flaxft.cli import run_main
 from flaxft.config import MeshConfig
 from flaxft.errors import FlaxftError
 from flaxft.model import build, config_from_hf, load_pretrained, params_to_state_dict
 from flaxft.model.modernbert import FAMILY, band_mask, banded, window_mask
 from flaxft.parallel import make_mesh, tree_shardings
+from flaxft.train import main as train_main
+from tests.test_family_runs import modernbert_tokenizer, run_args, write_pairs
 from tests.test_families import MODERNBERT, VOCAB, assert_gradients_match, packed_logits, tiny_torch_model
 
 
@@ -172,3 +176,20 @@ def test_configs_transformers_refuses_are_one_line_errors(field, named):
     with pytest.raises(FlaxftError, match=rf"^model config: transformers cannot read this modernbert config.json "
                                           rf"\([^\n]*{named}[^\n]*\); fix config.json$"):
         config_from_hf({"model_type": "modernbert", **field})
+
+
+def test_an_unsupported_variant_stops_the_job_in_one_line(tmp_path, capsys):
+    tokenizer, folder = modernbert_tokenizer(), tmp_path / "model"
+    transformers.ModernBertModel(transformers.ModernBertConfig(
+        **{**MODERNBERT, "vocab_size": len(tokenizer), "hidden_size": 32, "num_attention_heads": 4,
+           "intermediate_size": 37})).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["rope_parameters"]["sliding_attention"] = {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}
+    (folder / "config.json").write_text(json.dumps(config))
+    write_pairs(tmp_path / "train.csv", 16, seed=0)
+    write_pairs(tmp_path / "dev.csv", 8, seed=1)
+    assert run_main(train_main, run_args(folder, tmp_path, tmp_path / "out")) == 2
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("flaxft: error")]
+    assert len(lines) == 1 and "rope_type 'linear' (sliding_attention layers) is not supported" in lines[0]
+    assert not (tmp_path / "out" / "checkpoints").exists()
