@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 from flaxft.cli import run_main
 from flaxft.config import MeshConfig
 from flaxft.errors import FlaxftError
-from flaxft.model import build, config_from_hf, load_pretrained, params_to_state_dict
+from flaxft.model import build, config_from_hf, load_pretrained, params_to_state_dict, state_dict_to_params
 from flaxft.model.modernbert import FAMILY, band_mask, banded, window_mask
 from flaxft.parallel import make_mesh, tree_shardings
 from flaxft.train import main as train_main
@@ -140,6 +140,15 @@ def test_masked_lm_checkpoint_keeps_its_head(tmp_path, caplog):
         want = classifier(input_ids=torch.as_tensor(ids, dtype=torch.long), attention_mask=torch.as_tensor(mask)).logits
     np.testing.assert_allclose(np.asarray(build(config, 2).apply({"params": params}, ids, mask)), want.numpy(),
                                atol=1e-4, rtol=0)
+
+
+def test_a_fused_weight_of_the_wrong_size_is_named():
+    model = tiny_torch_model("modernbert")
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    state["model.layers.1.attn.Wqkv.weight"] = np.zeros((97, 32), np.float32)
+    config = config_from_hf(model.config.to_dict())
+    with pytest.raises(FlaxftError, match=r"^checkpoint weight 'model.layers.1.attn.Wqkv.weight' has shape \(97, 32\)"):
+        state_dict_to_params(state, config, 3, jax.random.key(0))
 
 
 def test_fused_layers_shard_like_their_parts():

@@ -94,8 +94,10 @@ def state_dict_to_params(state_dict: dict, keys: KeyMap, shapes: dict, *, std: f
         if key in sd:
             used.add(key)
             arr = np.asarray(sd[key][1]).astype(np.float32)
-            if block is not None:  # torch layout: outputs are the first axis of weights and biases
-                arr = np.split(arr, block[1])[block[0]] if len(arr) % block[1] == 0 else arr
+            # One block of a fused layer's outputs (the first axis in torch layout); a fused layer that does not
+            # split evenly is left whole, for the shape check below to name it.
+            if block is not None and len(arr) % block[1] == 0:
+                arr = np.split(arr, block[1])[block[0]]
             arr = arr.T if transpose else arr
             if arr.shape == spec.shape:
                 flat[path] = jnp.asarray(arr)
