@@ -21,6 +21,8 @@ from tests.minilm_families import minilm_as
 
 VOCAB = 99
 ROBERTA_STYLE = dict(pad_token_id=1, type_vocab_size=1, max_position_embeddings=66)
+MODERNBERT = dict(num_hidden_layers=3, global_attn_every_n_layers=2, local_attention=4, pad_token_id=0,
+                  bos_token_id=1, cls_token_id=1, eos_token_id=2, sep_token_id=2, attn_implementation="eager")
 # case name (the model_type, or a variant of it) -> (transformers config class, its *ForSequenceClassification
 # class, config overrides)
 CASES = {
@@ -35,6 +37,13 @@ CASES = {
     "distilbert-sinusoidal": (transformers.DistilBertConfig, transformers.DistilBertForSequenceClassification,
                               {"hidden_dim": 37, "sinusoidal_pos_embds": True}),
     "mpnet": (transformers.MPNetConfig, transformers.MPNetForSequenceClassification, {}),
+    # pre-norm, RoPE, GeGLU; 3 layers, global ones at 0 and 2, a window of 2 tokens each side (rows of up to 10)
+    "modernbert": (transformers.ModernBertConfig, transformers.ModernBertForSequenceClassification, MODERNBERT),
+    # mean pooling, every bias present, RoPE bases of its own per layer kind
+    "modernbert-mean": (transformers.ModernBertConfig, transformers.ModernBertForSequenceClassification,
+                        {**MODERNBERT, "classifier_pooling": "mean", "norm_bias": True, "attention_bias": True,
+                         "mlp_bias": True, "classifier_bias": True, "global_rope_theta": 500.0,
+                         "local_rope_theta": 50.0}),
 }
 TINY = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
             max_position_embeddings=64)

@@ -32,11 +32,16 @@ FAMILIES = {
     "electra": (transformers.ElectraConfig, "wordpiece", dict(embedding_size=16)),
     "distilbert": (transformers.DistilBertConfig, "wordpiece", dict(dim=32, n_layers=2, n_heads=4, hidden_dim=48)),
     "mpnet": (transformers.MPNetConfig, "mpnet", {}),
+    # global layers 0 and 2, a window of 4 tokens each side; every dropout on (transformers' default is none)
+    "modernbert": (transformers.ModernBertConfig, "modernbert", dict(
+        num_hidden_layers=3, global_attn_every_n_layers=2, local_attention=8, bos_token_id=0, cls_token_id=0,
+        eos_token_id=2, sep_token_id=2, embedding_dropout=0.1, attention_dropout=0.1, mlp_dropout=0.1,
+        classifier_dropout=0.1)),
 }
 SEQ_CLS = {"bert": "BertForSequenceClassification", "roberta": "RobertaForSequenceClassification",
            "xlm-roberta": "XLMRobertaForSequenceClassification", "camembert": "CamembertForSequenceClassification",
            "electra": "ElectraForSequenceClassification", "distilbert": "DistilBertForSequenceClassification",
-           "mpnet": "MPNetForSequenceClassification"}
+           "mpnet": "MPNetForSequenceClassification", "modernbert": "ModernBertForSequenceClassification"}
 
 
 def bpe_tokenizer(folder: pathlib.Path):
@@ -52,12 +57,32 @@ def bpe_tokenizer(folder: pathlib.Path):
     return transformers.RobertaTokenizer(vocab=json.loads((folder / "vocab.json").read_text()), merges=merges)
 
 
+def modernbert_tokenizer():
+    """A byte-level BPE tokenizer.json in ModernBERT's layout ([CLS]=0, [PAD]=1, [SEP]=2; pairs as
+    [CLS] A [SEP] B [SEP]), loaded as transformers' generic fast tokenizer, as ModernBERT's is."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    specials = ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"]
+    bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = [" ".join(WORDS[i:] + WORDS[:i] + ["good", "bad"]) for i in range(len(WORDS))] * 4
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, min_frequency=1, special_tokens=specials,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+                                                       special_tokens=[("[CLS]", 0), ("[SEP]", 2)])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, cls_token="[CLS]", pad_token="[PAD]",
+                                                sep_token="[SEP]", unk_token="[UNK]", mask_token="[MASK]",
+                                                model_input_names=["input_ids", "attention_mask"])
+
+
 @pytest.fixture(scope="session")
 def family_folders(tmp_path_factory, minilm_dir, mpnet_dir):
     """model_type -> a base checkpoint folder (no head: flaxft adds a fresh one) with the family's tokenizer."""
     root = tmp_path_factory.mktemp("families")
     tokenizers = {"wordpiece": transformers.AutoTokenizer.from_pretrained(minilm_dir),
                   "bpe": bpe_tokenizer(root),
+                  "modernbert": modernbert_tokenizer(),
                   "mpnet": transformers.AutoTokenizer.from_pretrained(mpnet_dir)}
     folders = {}
     for model_type, (config_cls, kind, extra) in FAMILIES.items():
@@ -100,7 +125,7 @@ def run_args(model: pathlib.Path, pairs: pathlib.Path, out: pathlib.Path, *extra
             f"data.cache_dir={out.parent / 'cache'}", f"output_dir={out}", *extra]
 
 
-@pytest.mark.parametrize("model_type", ["roberta", "electra", "distilbert", "mpnet"])
+@pytest.mark.parametrize("model_type", ["roberta", "electra", "distilbert", "mpnet", "modernbert"])
 def test_same_loss_curve_on_1_and_8_devices(model_type, family_folders, pairs, tmp_path):
     """12 steps with dropout, every parameter sharded by the family's rules over data=2, fsdp=2, tensor=2."""
     args = run_args(family_folders[model_type], pairs, tmp_path / "one", "train.max_steps=12", "checkpoint.export=none")
@@ -140,7 +165,7 @@ def test_export_loads_in_transformers_with_the_same_logits(model_type, family_fo
     assert ours.metrics["test_accuracy"] == pytest.approx(np.mean(want.argmax(-1) == [int(r[2]) for r in rows]))
 
 
-@pytest.mark.parametrize("model_type", ["roberta", "electra", "distilbert", "mpnet"])
+@pytest.mark.parametrize("model_type", ["roberta", "electra", "distilbert", "mpnet", "modernbert"])
 def test_packed_bfloat16_accumulation_remat_and_exact_resume(model_type, family_folders, pairs, tmp_path):
     """Packed rows in bfloat16, gradients over 2 micro-batches, remat: one train shape, finite losses; a run
     stopped at a checkpoint (the preemption path) and resumed ends bitwise where an uninterrupted run does."""
@@ -208,7 +233,10 @@ def test_tokenizer_files_of_the_families_are_their_own(family_folders):
     roberta = transformers.AutoTokenizer.from_pretrained(family_folders["roberta"])
     ids = roberta("good movie", "bad plot")["input_ids"]
     assert roberta.convert_ids_to_tokens(ids).count("</s>") == 3  # <s> A </s></s> B </s>
+    modernbert = transformers.AutoTokenizer.from_pretrained(family_folders["modernbert"])
+    tokens = modernbert.convert_ids_to_tokens(modernbert("good movie", "bad plot")["input_ids"])
+    assert tokens[0] == "[CLS]" and tokens.count("[SEP]") == 2 and tokens[-1] == "[SEP]"
     reads_types = {t: family_of(read_config(f)).token_type_ids for t, f in family_folders.items()}
     assert reads_types == {"bert": True, "electra": True, "roberta": False, "xlm-roberta": False, "camembert": False,
-                           "distilbert": False, "mpnet": False}
+                           "distilbert": False, "mpnet": False, "modernbert": False}
     assert {name for name in TOKENIZER_FILES if (family_folders["bert"] / name).exists()} >= {"tokenizer.json"}

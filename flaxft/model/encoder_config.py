@@ -69,13 +69,15 @@ class EncoderConfig:
 def hf_config_object(d: dict):
     """transformers' config object for a config.json dict: its defaults filled in, its aliases resolved."""
     import transformers
+    from huggingface_hub.errors import StrictDataclassError  # transformers' validation of typed config fields
 
     values = {k: v for k, v in d.items() if k != "model_type"}
     try:
         return transformers.AutoConfig.for_model(d["model_type"], **values)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, StrictDataclassError) as e:
+        reason = " ".join(line.strip() for line in str(e).splitlines())  # strict errors name the field on line 1
         raise FlaxftError(f"model config: transformers cannot read this {d['model_type']} config.json "
-                          f"({str(e).splitlines()[0]}); fix config.json") from None
+                          f"({reason}); fix config.json") from None
 
 
 def refuse(condition: bool, feature: str, fix: str) -> None:

@@ -28,14 +28,15 @@ ACTIVATIONS = {
 }
 
 
-def dense(features: int, config: EncoderConfig, dtype: Dtype, name: str) -> nn.Dense:
-    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
+def dense(features: int, config: EncoderConfig, dtype: Dtype, name: str, use_bias: bool = True) -> nn.Dense:
+    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
                     kernel_init=nn.initializers.normal(config.initializer_range), bias_init=nn.initializers.zeros,
                     name=name)
 
 
-def layer_norm(config: EncoderConfig, dtype: Dtype, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=dtype, param_dtype=jnp.float32, name=name)
+def layer_norm(config: EncoderConfig, dtype: Dtype, name: str, use_bias: bool = True) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=config.layer_norm_eps, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                        name=name)
 
 
 def sinusoidal_init(key, shape, dtype=jnp.float32):

@@ -3,7 +3,8 @@
 A family's `KeyMap` turns flaxft's module paths into its Hugging Face module names
 (`encoder/layer_0/attention/query` -> `bert.encoder.layer.0.attention.self.query`); leaves map the same
 way for every family: Dense `kernel` is the transposed `weight` (Flax kernels are [in, out], torch Linear
-weights [out, in]), `embedding` and LayerNorm `scale` are `weight`, `bias` is `bias`.
+weights [out, in]), `embedding` and LayerNorm `scale` are `weight`, `bias` is `bias`. Where a Hugging Face
+layer fuses several of flaxft's (ModernBERT's Wqkv), each flaxft layer is one block of its outputs.
 """
 
 from __future__ import annotations
@@ -33,14 +34,24 @@ class KeyMap:
     head: tuple[str, ...] = ("head/",)   # flaxft paths a base checkpoint may lack: initialised fresh
     labels: str = "head/out/"            # the layer sized by num_labels: re-initialised when the checkpoint's differs
     renames: tuple[tuple[str, str], ...] = (("LayerNorm.gamma", "LayerNorm.weight"), ("LayerNorm.beta", "LayerNorm.bias"))
+    # (regex on the flaxft module path, HF module name, block, blocks): the flaxft layer is output block `block` of
+    # `blocks` equal ones of a fused HF layer (ModernBERT's Wqkv holds query, key and value)
+    fused: tuple[tuple[str, str, int, int], ...] = ()
 
     def hf_key(self, path: tuple[str, ...]) -> tuple[str, bool]:
         """(flaxft path) -> (HF key with prefix, whether the array is transposed)."""
+        key, transpose, _ = self.hf_location(path)
+        return key, transpose
+
+    def hf_location(self, path: tuple[str, ...]) -> tuple[str, bool, tuple[int, int] | None]:
+        """(flaxft path) -> (HF key with prefix, whether the array is transposed, (block, blocks) of a fused
+        layer's outputs or None)."""
         *modules, leaf = path
         name = "/".join(modules)
-        for pattern, replacement in self.modules:
+        for pattern, replacement, *block in (*self.modules, *self.fused):
             if re.fullmatch(pattern, name):
-                return f"{re.sub(pattern, replacement, name)}.{_LEAVES[leaf]}", leaf == "kernel"
+                return (f"{re.sub(pattern, replacement, name)}.{_LEAVES[leaf]}", leaf == "kernel",
+                        tuple(block) if block else None)
         raise FlaxftError(f"internal error: no Hugging Face name for parameter '{'/'.join(path)}' "
                           f"in the {self.prefix} key map")
 
@@ -77,12 +88,16 @@ def state_dict_to_params(state_dict: dict, keys: KeyMap, shapes: dict, *, std: f
     sd = {keys.canonical(k, head_keys): (k, v) for k, v in state_dict.items()}
     flat, missing, fresh, used = {}, [], [], set()
     for i, (path, spec) in enumerate(sorted(shapes.items())):
-        key, transpose = keys.hf_key(path)
+        key, transpose, block = keys.hf_location(path)
         name = "/".join(path)
         is_head = name.startswith(keys.head)
         if key in sd:
             used.add(key)
             arr = np.asarray(sd[key][1]).astype(np.float32)
+            # One block of a fused layer's outputs (the first axis in torch layout); a fused layer that does not
+            # split evenly is left whole, for the shape check below to name it.
+            if block is not None and len(arr) % block[1] == 0:
+                arr = np.split(arr, block[1])[block[0]]
             arr = arr.T if transpose else arr
             if arr.shape == spec.shape:
                 flat[path] = jnp.asarray(arr)
@@ -114,9 +129,15 @@ def params_to_state_dict(params: dict, keys: KeyMap) -> dict[str, np.ndarray]:
     """Flax params -> the family's HF *ForSequenceClassification state dict (float32 numpy), ready for
     ``safetensors.numpy.save_file``."""
     params = params.get("params", params)
-    out = {}
+    out, blocks = {}, {}
     for path, value in traverse_util.flatten_dict(params).items():
-        key, transpose = keys.hf_key(path)
+        key, transpose, block = keys.hf_location(path)
         arr = np.asarray(jax.device_get(value), dtype=np.float32)
-        out[key] = np.array(arr.T if transpose else arr, order="C")  # writable, contiguous copy
+        arr = np.array(arr.T if transpose else arr, order="C")  # writable, contiguous copy
+        if block is None:
+            out[key] = arr
+        else:
+            blocks.setdefault(key, {})[block[0]] = arr
+    for key, parts in blocks.items():  # a fused layer: its blocks stacked along the outputs, in order
+        out[key] = np.concatenate([parts[i] for i in sorted(parts)])
     return out
