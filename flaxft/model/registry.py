@@ -28,9 +28,9 @@ class Family:
 
 
 def _families() -> tuple[Family, ...]:
-    from flaxft.model import bert, distilbert, electra, mpnet, roberta
+    from flaxft.model import bert, deberta, distilbert, electra, mpnet, roberta
 
-    return (bert.FAMILY, roberta.FAMILY, electra.FAMILY, distilbert.FAMILY, mpnet.FAMILY)
+    return (bert.FAMILY, roberta.FAMILY, electra.FAMILY, distilbert.FAMILY, mpnet.FAMILY, deberta.FAMILY)
 
 
 @functools.cache
