@@ -19,6 +19,8 @@ from flaxft.predict import predict
 from flaxft.train import main as train_main
 from flaxft.trainer import Trainer
 from tests.conftest import ROOT, TOKENIZER_FILES, WORDS
+from tests.test_deberta import spm_tokenizer_folder
+from tests.test_families import DEBERTA_V3
 from tests.test_parallel import _curve, _run
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
@@ -32,11 +34,14 @@ FAMILIES = {
     "electra": (transformers.ElectraConfig, "wordpiece", dict(embedding_size=16)),
     "distilbert": (transformers.DistilBertConfig, "wordpiece", dict(dim=32, n_layers=2, n_heads=4, hidden_dim=48)),
     "mpnet": (transformers.MPNetConfig, "mpnet", {}),
+    # DeBERTa-v3's shape, distances up to 64 reaching the log buckets; its folder's only tokenizer file is spm.model
+    "deberta-v2": (transformers.DebertaV2Config, "spm",
+                   dict(DEBERTA_V3, position_buckets=8, max_relative_positions=32)),
 }
 SEQ_CLS = {"bert": "BertForSequenceClassification", "roberta": "RobertaForSequenceClassification",
            "xlm-roberta": "XLMRobertaForSequenceClassification", "camembert": "CamembertForSequenceClassification",
            "electra": "ElectraForSequenceClassification", "distilbert": "DistilBertForSequenceClassification",
-           "mpnet": "MPNetForSequenceClassification"}
+           "mpnet": "MPNetForSequenceClassification", "deberta-v2": "DebertaV2ForSequenceClassification"}
 
 
 def bpe_tokenizer(folder: pathlib.Path):
@@ -58,7 +63,8 @@ def family_folders(tmp_path_factory, minilm_dir, mpnet_dir):
     root = tmp_path_factory.mktemp("families")
     tokenizers = {"wordpiece": transformers.AutoTokenizer.from_pretrained(minilm_dir),
                   "bpe": bpe_tokenizer(root),
-                  "mpnet": transformers.AutoTokenizer.from_pretrained(mpnet_dir)}
+                  "mpnet": transformers.AutoTokenizer.from_pretrained(mpnet_dir),
+                  "spm": transformers.DebertaV2Tokenizer.from_pretrained(spm_tokenizer_folder(root / "spm"))}
     folders = {}
     for model_type, (config_cls, kind, extra) in FAMILIES.items():
         tok = tokenizers[kind]
@@ -66,7 +72,11 @@ def family_folders(tmp_path_factory, minilm_dir, mpnet_dir):
         torch.manual_seed(0)
         folder = folders[model_type] = root / model_type
         transformers.AutoModel.from_config(config).save_pretrained(folder)
-        tok.save_pretrained(folder)
+        if kind == "spm":  # as the Hub's DeBERTa-v3 folders: spm.model, converted to a fast tokenizer on loading
+            shutil.copy(root / "spm" / "spm.model", folder)
+            shutil.copy(root / "spm" / "tokenizer_config.json", folder)
+        else:
+            tok.save_pretrained(folder)
     return folders
 
 
@@ -100,7 +110,7 @@ def run_args(model: pathlib.Path, pairs: pathlib.Path, out: pathlib.Path, *extra
             f"data.cache_dir={out.parent / 'cache'}", f"output_dir={out}", *extra]
 
 
-@pytest.mark.parametrize("model_type", ["roberta", "electra", "distilbert", "mpnet"])
+@pytest.mark.parametrize("model_type", ["roberta", "electra", "distilbert", "mpnet", "deberta-v2"])
 def test_same_loss_curve_on_1_and_8_devices(model_type, family_folders, pairs, tmp_path):
     """12 steps with dropout, every parameter sharded by the family's rules over data=2, fsdp=2, tensor=2."""
     args = run_args(family_folders[model_type], pairs, tmp_path / "one", "train.max_steps=12", "checkpoint.export=none")
@@ -140,7 +150,7 @@ def test_export_loads_in_transformers_with_the_same_logits(model_type, family_fo
     assert ours.metrics["test_accuracy"] == pytest.approx(np.mean(want.argmax(-1) == [int(r[2]) for r in rows]))
 
 
-@pytest.mark.parametrize("model_type", ["roberta", "electra", "distilbert", "mpnet"])
+@pytest.mark.parametrize("model_type", ["roberta", "electra", "distilbert", "mpnet", "deberta-v2"])
 def test_packed_bfloat16_accumulation_remat_and_exact_resume(model_type, family_folders, pairs, tmp_path):
     """Packed rows in bfloat16, gradients over 2 micro-batches, remat: one train shape, finite losses; a run
     stopped at a checkpoint (the preemption path) and resumed ends bitwise where an uninterrupted run does."""
@@ -210,5 +220,5 @@ def test_tokenizer_files_of_the_families_are_their_own(family_folders):
     assert roberta.convert_ids_to_tokens(ids).count("</s>") == 3  # <s> A </s></s> B </s>
     reads_types = {t: family_of(read_config(f)).token_type_ids for t, f in family_folders.items()}
     assert reads_types == {"bert": True, "electra": True, "roberta": False, "xlm-roberta": False, "camembert": False,
-                           "distilbert": False, "mpnet": False}
+                           "distilbert": False, "mpnet": False, "deberta-v2": True}
     assert {name for name in TOKENIZER_FILES if (family_folders["bert"] / name).exists()} >= {"tokenizer.json"}
