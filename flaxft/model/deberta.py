@@ -4,8 +4,8 @@ Each layer's attention scores add, to content-to-content, content-to-position (c
 projected embedding of the relative distance to the key) and position-to-content (p2c: the key against the
 projected embedding of the distance to the query). Distances are bucketed logarithmically past
 `position_buckets / 2` and clamped to the embedding table; the relative embeddings (one table, optionally
-LayerNormed) are shared by every layer, the index of each (query, key) pair is computed once per batch.
-In packed rows the distance is that of the positions inside each example (pairs across examples are masked).
+LayerNormed) are shared by every layer, and the table row of each (query, key) pair is a constant of the
+row length. In packed rows that is the distance inside each example (pairs across examples are masked).
 
 As in transformers, scores are divided by sqrt(head_dim * (1 + number of c2p/p2c terms)); other entries of
 `pos_att_type` (DeBERTa-v1's "p2p") are ignored there too. The head is DeBERTa's ContextPooler: dropout,
@@ -89,23 +89,18 @@ def log_buckets(distance: np.ndarray, buckets: int, max_position: int) -> np.nda
     return np.where(size <= mid, distance, log_pos * np.sign(distance)).astype(np.int64)
 
 
-def relative_index_table(config: DebertaConfig, length: int) -> np.ndarray:
-    """Row of the relative embedding table for each distance query - key in -(length-1)..length-1 (at index
-    distance + length - 1): bucketed, shifted by the span and clamped to the table."""
-    distance = np.arange(-(length - 1), length)
+def relative_index(config: DebertaConfig, length: int) -> np.ndarray:
+    """[1, 1, L(query), L(key)] row of the relative embedding table for every pair: the distance query - key,
+    bucketed, shifted by the span and clamped to the table.
+
+    Packed rows use it as it is: an example's positions restart at 0 and advance with its rows, so within an
+    example position distance is row distance, and pairs across examples are masked."""
+    positions = np.arange(length)
+    distance = positions[:, None] - positions[None, :]
     if config.position_buckets:
         distance = log_buckets(distance, config.position_buckets, config.max_relative_positions)
     span = config.attention_span
-    return np.clip(distance + span, 0, 2 * span - 1).astype(np.int32)
-
-
-def relative_index(config: DebertaConfig, length: int, position_ids):
-    """[1 or B, 1, L(query), L(key)] table row of every pair; from `position_ids` in packed rows."""
-    table = relative_index_table(config, length)
-    if position_ids is None:
-        positions = np.arange(length)
-        return table[positions[:, None] - positions[None, :] + length - 1][None, None]
-    return jnp.asarray(table)[position_ids[:, None, :, None] - position_ids[:, None, None, :] + length - 1]
+    return np.clip(distance + span, 0, 2 * span - 1).astype(np.int32)[None, None]
 
 
 class DisentangledSelfAttention(nn.Module):
@@ -199,7 +194,7 @@ class DebertaEncoder(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, x, mask, position_ids, cls_index, deterministic: bool):
+    def __call__(self, x, mask, cls_index, deterministic: bool):
         cfg = self.config
         relative = None
         if cfg.relative_attention:
@@ -208,7 +203,7 @@ class DebertaEncoder(nn.Module):
                                   name="relative_embeddings").embedding
             if cfg.norm_relative_embeddings:
                 embeddings = layer_norm(cfg, self.dtype, "relative_norm")(embeddings)
-            relative = (embeddings, relative_index(cfg, x.shape[1], position_ids))
+            relative = (embeddings, relative_index(cfg, x.shape[1]))
         layer_cls = nn.remat(DebertaLayer, static_argnums=(5,)) if self.remat else DebertaLayer
         last = cfg.num_layers - 1
         for i in range(last):
@@ -251,7 +246,7 @@ class DebertaClassifier(nn.Module):
         x = DebertaEmbeddings(cfg, self.dtype, name="embeddings")(
             input_ids, token_type_ids, embedding_positions(cfg, input_ids, position_ids), deterministic)
         cls = DebertaEncoder(cfg, self.dtype, self.remat, name="encoder")(
-            x, attention_mask_to_bool(attention_mask, segment_ids), position_ids, cls_index, deterministic)
+            x, attention_mask_to_bool(attention_mask, segment_ids), cls_index, deterministic)
         return ContextPoolerHead(cfg, self.num_labels, self.dtype, name="head")(
             cls[:, 0] if cls_index is None else cls, deterministic)
 
