@@ -48,7 +48,7 @@ def test_relative_index_matches_transformers(buckets, max_relative):
     np.testing.assert_array_equal(relative_index(config, length)[0, 0], want)
 
 
-# pos_att_type x share_att_key x the input's options: logits against transformers
+# pos_att_type x share_att_key x the input's options x the span: logits against transformers
 VARIANTS = [
     dict(pos_att_type=["c2p"], share_att_key=True),
     dict(pos_att_type=["p2c"], share_att_key=True, position_biased_input=True),
@@ -57,6 +57,9 @@ VARIANTS = [
     dict(relative_attention=False, pos_att_type=["c2p", "p2c"], type_vocab_size=2,  # the scale still counts them
          position_biased_input=True),
     dict(pos_att_type="p2c|c2p", norm_rel_ebd="none", pooler_hidden_act="tanh", layer_norm_eps=1e-5),
+    # spans of at least the row length: terms by distance (shifted matmuls), with and without buckets
+    dict(position_buckets=16, max_relative_positions=32),
+    dict(position_buckets=0, max_relative_positions=10, share_att_key=False, type_vocab_size=2),
 ]
 
 
@@ -83,10 +86,13 @@ def long_batch(lengths, width: int, seed: int = 0):
     return ids, mask, np.zeros_like(ids)
 
 
-def test_long_rows_and_late_packed_examples_match_transformers(tmp_path):
-    """Rows of 60-90 tokens reach the logarithmic buckets and the clamp at max_relative_positions 32: logits and
-    gradients match; an example packed at token 80 of its row keeps its own relative positions."""
-    model = tiny_torch_model("deberta-v2", position_buckets=8, max_relative_positions=32, max_position_embeddings=128)
+@pytest.mark.parametrize("buckets, max_relative", [(8, 32), (128, 256)])
+def test_long_rows_and_late_packed_examples_match_transformers(buckets, max_relative, tmp_path):
+    """Rows of 60-90 tokens reach the logarithmic buckets (and with a span of 8, the clamp at
+    max_relative_positions; with a span of 128, rows of 100 are computed by distance): logits and gradients
+    match; an example packed at token 80 of its row keeps its own relative positions."""
+    model = tiny_torch_model("deberta-v2", position_buckets=buckets, max_relative_positions=max_relative,
+                             max_position_embeddings=128)
     model.save_pretrained(tmp_path)
     config, params = load_pretrained(tmp_path, 3, rng=jax.random.key(0))
     ids, mask, types = long_batch([90, 75, 60], 90)

@@ -46,8 +46,10 @@ CASES = {
     # token types, one relative term
     "deberta-v2-c2p": (transformers.DebertaV2Config, transformers.DebertaV2ForSequenceClassification,
                        {**DEBERTA_V2, "pos_att_type": ["c2p"]}),
+    # rows of 10 within a span of 16: the relative terms by distance (shifted matmuls) but in the last layer;
+    # buckets past distance 8
     "deberta-v2-p2c": (transformers.DebertaV2Config, transformers.DebertaV2ForSequenceClassification,
-                       {**DEBERTA_V2, "pos_att_type": ["p2c"], "position_buckets": 4, "max_relative_positions": 8}),
+                       {**DEBERTA_V2, "pos_att_type": ["p2c"], "position_buckets": 16, "max_relative_positions": 32}),
 }
 TINY = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
             max_position_embeddings=64)

@@ -34,9 +34,10 @@ FAMILIES = {
     "electra": (transformers.ElectraConfig, "wordpiece", dict(embedding_size=16)),
     "distilbert": (transformers.DistilBertConfig, "wordpiece", dict(dim=32, n_layers=2, n_heads=4, hidden_dim=48)),
     "mpnet": (transformers.MPNetConfig, "mpnet", {}),
-    # DeBERTa-v3's shape, distances up to 64 reaching the log buckets; its folder's only tokenizer file is spm.model
+    # DeBERTa-v3's shape: rows of 64 within the span (terms by distance), reaching the log buckets past 32; its
+    # folder's only tokenizer file is spm.model
     "deberta-v2": (transformers.DebertaV2Config, "spm",
-                   dict(DEBERTA_V3, position_buckets=8, max_relative_positions=32)),
+                   dict(DEBERTA_V3, position_buckets=64, max_relative_positions=128)),
 }
 SEQ_CLS = {"bert": "BertForSequenceClassification", "roberta": "RobertaForSequenceClassification",
            "xlm-roberta": "XLMRobertaForSequenceClassification", "camembert": "CamembertForSequenceClassification",

@@ -7,6 +7,12 @@ projected embedding of the distance to the query). Distances are bucketed logari
 LayerNormed) are shared by every layer, and the table row of each (query, key) pair is a constant of the
 row length. In packed rows that is the distance inside each example (pairs across examples are masked).
 
+transformers computes each term as a [B, heads, L, 2 * span] matmul against the projected table, then gathers
+each pair's entry. Rows no longer than the span (GLUE's 128 tokens against DeBERTa-v3's 256) do better here:
+the table is first laid out by distance (2L - 1 rows, gathered from the small table once per layer), and the
+[B, heads, L, 2L - 1] matmul is shifted into pairs by reshapes (`pair_scores`): fewer FLOPs, no large gather,
+no scatter in the backward pass. Longer rows, and the last layer's [CLS] rows, use the gather.
+
 As in transformers, scores are divided by sqrt(head_dim * (1 + number of c2p/p2c terms)); other entries of
 `pos_att_type` (DeBERTa-v1's "p2p") are ignored there too. The head is DeBERTa's ContextPooler: dropout,
 dense, activation, then dropout and the classifier.
@@ -89,26 +95,53 @@ def log_buckets(distance: np.ndarray, buckets: int, max_position: int) -> np.nda
     return np.where(size <= mid, distance, log_pos * np.sign(distance)).astype(np.int64)
 
 
+def table_rows(config: DebertaConfig, distance: np.ndarray) -> np.ndarray:
+    """Row of the relative embedding table for each distance query - key: bucketed, shifted by the span,
+    clamped to the table."""
+    if config.position_buckets:
+        distance = log_buckets(distance, config.position_buckets, config.max_relative_positions)
+    span = config.attention_span
+    return np.clip(distance + span, 0, 2 * span - 1).astype(np.int32)
+
+
 def relative_index(config: DebertaConfig, length: int) -> np.ndarray:
-    """[1, 1, L(query), L(key)] row of the relative embedding table for every pair: the distance query - key,
-    bucketed, shifted by the span and clamped to the table.
+    """[1, 1, L(query), L(key)] table row of every pair.
 
     Packed rows use it as it is: an example's positions restart at 0 and advance with its rows, so within an
     example position distance is row distance, and pairs across examples are masked."""
     positions = np.arange(length)
-    distance = positions[:, None] - positions[None, :]
-    if config.position_buckets:
-        distance = log_buckets(distance, config.position_buckets, config.max_relative_positions)
-    span = config.attention_span
-    return np.clip(distance + span, 0, 2 * span - 1).astype(np.int32)[None, None]
+    return table_rows(config, positions[:, None] - positions[None, :])[None, None]
+
+
+def by_distance(config: DebertaConfig, length: int) -> bool:
+    """Whether layers whose queries are every row compute the relative terms on the 2L - 1 distances (see
+    `pair_scores`): no more matmul work than transformers' 2 * span table rows, and no gather."""
+    return 2 * length - 1 <= 2 * config.attention_span
+
+
+def shifted(scores):
+    """[B, H, L, 2L - 1] -> [B, H, L, L]: out[..., i, j] = scores[..., i, L - 1 - i + j], by a flat slice and
+    reshapes (row i starts one column earlier than row i - 1)."""
+    *lead, length, width = scores.shape
+    flat = scores.reshape(*lead, length * width)[..., length - 1:length - 1 + length * (width - 1)]
+    return flat.reshape(*lead, length, width - 1)[..., :length]
+
+
+def pair_scores(rows, table, index):
+    """rows [B, n, H, D] against relative table rows [R, H, D], for each pair (row i, other row j): [B, H, n, m].
+
+    With `index` [1 or B, 1, n, m], pair (i, j) reads table row index[i, j] (a gather, as in transformers);
+    without, the table holds one row per distance L-1, L-2, ..., -(L-1) and pair (i, j) reads the row of
+    distance i - j (the shifted matmul)."""
+    scores = jnp.einsum("bnhd,rhd->bhnr", rows, table, preferred_element_type=jnp.float32)
+    return shifted(scores) if index is None else jnp.take_along_axis(scores, index, axis=-1)
 
 
 class DisentangledSelfAttention(nn.Module):
     """Content and relative-position attention of `queries` over the rows of `x`, with its output projection.
 
-    `relative` is (relative embeddings [2 * span, hidden], table row of each pair [1 or B, 1, Q, L]). The c2p
-    and p2c terms are a [B, heads, n, 2 * span] matmul against the projected table, then a gather at each
-    pair's row, as in transformers."""
+    `relative` is (relative embeddings [2 * span, hidden], table row of each pair [1 or B, 1, Q, L]), or
+    (embeddings, None) when every row is a query and the terms are computed by distance (`by_distance`)."""
 
     config: DebertaConfig
     dtype: Dtype = jnp.float32
@@ -133,14 +166,16 @@ class DisentangledSelfAttention(nn.Module):
         if cfg.relative_attention and (cfg.c2p or cfg.p2c):
             embeddings, index = relative
             embeddings = nn.Dropout(cfg.hidden_dropout)(embeddings.astype(self.dtype), deterministic=deterministic)
+            if index is None:  # the table rows of distances L-1 down to -(L-1), projected below
+                embeddings = embeddings[table_rows(cfg, np.arange(x.shape[1] - 1, -x.shape[1], -1))]
             if cfg.c2p:
                 position_key = (key if cfg.share_att_key else projection("position_key"))(embeddings)
-                c2p = jnp.einsum("bqhd,rhd->bhqr", q, position_key, preferred_element_type=jnp.float32)
-                scores = scores + jnp.take_along_axis(c2p, index, axis=-1)
-            if cfg.p2c:  # the key against the query's distance from it: the same table row as c2p's pair
+                scores = scores + pair_scores(q, position_key, index)
+            if cfg.p2c:  # the key against its distance from the query, key - query: the rows in reverse order
                 position_query = (query if cfg.share_att_key else projection("position_query"))(embeddings)
-                p2c = jnp.einsum("bkhd,rhd->bhkr", k, position_query, preferred_element_type=jnp.float32)
-                scores = scores + jnp.swapaxes(jnp.take_along_axis(p2c, jnp.swapaxes(index, 2, 3), axis=-1), 2, 3)
+                p2c = pair_scores(k, position_query[::-1] if index is None else position_query,
+                                  None if index is None else jnp.swapaxes(index, 2, 3))
+                scores = scores + jnp.swapaxes(p2c, 2, 3)
         scores = jnp.where(mask, scores * cfg.score_scale, jnp.finfo(scores.dtype).min)
         probs = nn.Dropout(cfg.attention_dropout)(jax.nn.softmax(scores, axis=-1), deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
@@ -203,13 +238,14 @@ class DebertaEncoder(nn.Module):
                                   name="relative_embeddings").embedding
             if cfg.norm_relative_embeddings:
                 embeddings = layer_norm(cfg, self.dtype, "relative_norm")(embeddings)
-            relative = (embeddings, relative_index(cfg, x.shape[1]))
+            index = relative_index(cfg, x.shape[1])
+            relative = (embeddings, None if by_distance(cfg, x.shape[1]) else index)
         layer_cls = nn.remat(DebertaLayer, static_argnums=(5,)) if self.remat else DebertaLayer
         last = cfg.num_layers - 1
         for i in range(last):
             x = layer_cls(cfg, self.dtype, name=f"layer_{i}")(x, x, mask, relative, deterministic)
-        if relative is not None:
-            relative = (relative[0], query_rows_of_scores(relative[1], cls_index))
+        if relative is not None:  # the [CLS] rows' pairs, by gather
+            relative = (relative[0], query_rows_of_scores(index, cls_index))
         return layer_cls(cfg, self.dtype, name=f"layer_{last}")(
             x, query_rows(x, cls_index), query_rows_of_scores(mask, cls_index), relative, deterministic)
 
