@@ -79,7 +79,7 @@ def read_config(d: dict) -> DebertaConfig:
     shared = bert_style_config(hf, type_vocab_size=hf.type_vocab_size, head_activation=hf.pooler_hidden_act,
                                classifier_dropout=hf.hidden_dropout_prob if cls_dropout is None else cls_dropout)
     return DebertaConfig(
-        **{f.name: getattr(shared, f.name) for f in dataclasses.fields(shared)}, relative_attention=bool(hf.relative_attention), position_buckets=max(buckets, 0),
+        **dataclasses.asdict(shared), relative_attention=bool(hf.relative_attention), position_buckets=max(buckets, 0),
         max_relative_positions=max_relative, c2p="c2p" in pos_att_type, p2c="p2c" in pos_att_type,
         share_att_key=bool(getattr(hf, "share_att_key", False)), norm_relative_embeddings="layer_norm" in norm,
         position_biased_input=bool(hf.position_biased_input), pooler_dropout=hf.pooler_dropout)
@@ -171,7 +171,7 @@ class DisentangledSelfAttention(nn.Module):
             if cfg.c2p:
                 position_key = (key if cfg.share_att_key else projection("position_key"))(embeddings)
                 scores = scores + pair_scores(q, position_key, index)
-            if cfg.p2c:  # the key against its distance from the query, key - query: the rows in reverse order
+            if cfg.p2c:  # pairs (key, query) read the distance query - key: by distance, the table reversed
                 position_query = (query if cfg.share_att_key else projection("position_query"))(embeddings)
                 p2c = pair_scores(k, position_query[::-1] if index is None else position_query,
                                   None if index is None else jnp.swapaxes(index, 2, 3))
@@ -183,6 +183,8 @@ class DisentangledSelfAttention(nn.Module):
 
 
 class DebertaLayer(PostNormLayer):
+    """BERT's post-norm layer (DeBERTa's weights are laid out the same) around disentangled attention."""
+
     attention: type = DisentangledSelfAttention
 
 
