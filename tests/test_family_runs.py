@@ -177,15 +177,17 @@ def test_packed_bfloat16_accumulation_remat_and_exact_resume(model_type, family_
         np.testing.assert_array_equal(a, b)
 
 
-def test_predict_any_hugging_face_classifier_folder(family_folders, pairs, tmp_path):
+@pytest.mark.parametrize("model_type", ["roberta", "deberta-v2"])  # DeBERTa's folder: spm.model, no tokenizer.json
+def test_predict_any_hugging_face_classifier_folder(model_type, family_folders, pairs, tmp_path):
     """A *ForSequenceClassification folder written by transformers (never trained by flaxft) predicts as in PyTorch."""
-    folder = tmp_path / "hf-roberta"
-    base = family_folders["roberta"]
+    folder = tmp_path / f"hf-{model_type}"
+    base = family_folders[model_type]
     torch.manual_seed(1)
     model = transformers.AutoModelForSequenceClassification.from_pretrained(base, num_labels=2).eval()
     model.save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(base / name, folder / name)
+    for name in ("tokenizer.json", "tokenizer_config.json", "spm.model"):
+        if (base / name).exists():
+            shutil.copy(base / name, folder / name)
     ours = predict(str(folder), file=str(pairs / "dev.csv"), output_dir=str(tmp_path / "p"),
                    overrides=["data.text_columns=[premise,hypothesis]"])["dev"]
     tok = transformers.AutoTokenizer.from_pretrained(folder)
