@@ -31,18 +31,19 @@ FAMILIES = {
     "roberta": (transformers.RobertaConfig, "bpe", dict(type_vocab_size=1)),
     "xlm-roberta": (transformers.XLMRobertaConfig, "bpe", dict(type_vocab_size=1)),
     "camembert": (transformers.CamembertConfig, "bpe", dict(type_vocab_size=1)),
-    "electra": (transformers.ElectraConfig, "wordpiece", dict(embedding_size=16)),
-    "distilbert": (transformers.DistilBertConfig, "wordpiece", dict(dim=32, n_layers=2, n_heads=4, hidden_dim=48)),
-    "mpnet": (transformers.MPNetConfig, "mpnet", {}),
     # DeBERTa-v3's shape: rows of 64 within the span (terms by distance), reaching the log buckets past 32; its
     # folder's only tokenizer file is spm.model
     "deberta-v2": (transformers.DebertaV2Config, "spm",
                    dict(DEBERTA_V3, position_buckets=64, max_relative_positions=128)),
+    "electra": (transformers.ElectraConfig, "wordpiece", dict(embedding_size=16)),
+    "distilbert": (transformers.DistilBertConfig, "wordpiece", dict(dim=32, n_layers=2, n_heads=4, hidden_dim=48)),
+    "mpnet": (transformers.MPNetConfig, "mpnet", {}),
 }
 SEQ_CLS = {"bert": "BertForSequenceClassification", "roberta": "RobertaForSequenceClassification",
+           "deberta-v2": "DebertaV2ForSequenceClassification",
            "xlm-roberta": "XLMRobertaForSequenceClassification", "camembert": "CamembertForSequenceClassification",
            "electra": "ElectraForSequenceClassification", "distilbert": "DistilBertForSequenceClassification",
-           "mpnet": "MPNetForSequenceClassification", "deberta-v2": "DebertaV2ForSequenceClassification"}
+           "mpnet": "MPNetForSequenceClassification"}
 
 
 def bpe_tokenizer(folder: pathlib.Path):
@@ -63,9 +64,9 @@ def family_folders(tmp_path_factory, minilm_dir, mpnet_dir):
     """model_type -> a base checkpoint folder (no head: flaxft adds a fresh one) with the family's tokenizer."""
     root = tmp_path_factory.mktemp("families")
     tokenizers = {"wordpiece": transformers.AutoTokenizer.from_pretrained(minilm_dir),
+                  "spm": transformers.DebertaV2Tokenizer.from_pretrained(spm_tokenizer_folder(root / "spm")),
                   "bpe": bpe_tokenizer(root),
-                  "mpnet": transformers.AutoTokenizer.from_pretrained(mpnet_dir),
-                  "spm": transformers.DebertaV2Tokenizer.from_pretrained(spm_tokenizer_folder(root / "spm"))}
+                  "mpnet": transformers.AutoTokenizer.from_pretrained(mpnet_dir)}
     folders = {}
     for model_type, (config_cls, kind, extra) in FAMILIES.items():
         tok = tokenizers[kind]
