@@ -20,6 +20,10 @@ from flaxft.model import build, config_from_hf, load_pretrained, params_to_state
 from tests.minilm_families import minilm_as
 
 VOCAB = 99
+DEBERTA_V3 = dict(relative_attention=True, position_buckets=4, max_relative_positions=8, pos_att_type=["p2c", "c2p"],
+                  share_att_key=True, norm_rel_ebd="layer_norm", position_biased_input=False, type_vocab_size=0)
+DEBERTA_V2 = dict(relative_attention=True, max_relative_positions=6, share_att_key=False, norm_rel_ebd="none",
+                  position_biased_input=True, type_vocab_size=2)
 ROBERTA_STYLE = dict(pad_token_id=1, type_vocab_size=1, max_position_embeddings=66)
 MODERNBERT = dict(num_hidden_layers=3, global_attn_every_n_layers=2, local_attention=4, pad_token_id=0,
                   bos_token_id=1, cls_token_id=1, eos_token_id=2, sep_token_id=2, attn_implementation="eager")
@@ -31,6 +35,17 @@ CASES = {
     "roberta": (transformers.RobertaConfig, transformers.RobertaForSequenceClassification, ROBERTA_STYLE),
     "xlm-roberta": (transformers.XLMRobertaConfig, transformers.XLMRobertaForSequenceClassification, ROBERTA_STYLE),
     "camembert": (transformers.CamembertConfig, transformers.CamembertForSequenceClassification, ROBERTA_STYLE),
+    # DeBERTa-v3's shape: c2p+p2c through the layers' own query/key projections, log buckets past distance 2
+    # (rows of 10 reach them), a LayerNormed relative table, no absolute positions, no token types
+    "deberta-v2": (transformers.DebertaV2Config, transformers.DebertaV2ForSequenceClassification, DEBERTA_V3),
+    # DeBERTa-v2's options: separate position projections, exact distances clamped at 6, absolute positions,
+    # token types, one relative term
+    "deberta-v2-c2p": (transformers.DebertaV2Config, transformers.DebertaV2ForSequenceClassification,
+                       {**DEBERTA_V2, "pos_att_type": ["c2p"]}),
+    # rows of 10 within a span of 16: the relative terms by distance (shifted matmuls) but in the last layer;
+    # buckets past distance 8
+    "deberta-v2-p2c": (transformers.DebertaV2Config, transformers.DebertaV2ForSequenceClassification,
+                       {**DEBERTA_V2, "pos_att_type": ["p2c"], "position_buckets": 16, "max_relative_positions": 32}),
     # embeddings narrower than the hidden size, projected (ELECTRA-small's shape)
     "electra": (transformers.ElectraConfig, transformers.ElectraForSequenceClassification, dict(embedding_size=16)),
     "distilbert": (transformers.DistilBertConfig, transformers.DistilBertForSequenceClassification, {"hidden_dim": 37}),

@@ -19,6 +19,8 @@ from flaxft.predict import predict
 from flaxft.train import main as train_main
 from flaxft.trainer import Trainer
 from tests.conftest import ROOT, TOKENIZER_FILES, WORDS
+from tests.test_deberta import spm_tokenizer_folder
+from tests.test_families import DEBERTA_V3
 from tests.test_parallel import _curve, _run
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
@@ -29,6 +31,10 @@ FAMILIES = {
     "roberta": (transformers.RobertaConfig, "bpe", dict(type_vocab_size=1)),
     "xlm-roberta": (transformers.XLMRobertaConfig, "bpe", dict(type_vocab_size=1)),
     "camembert": (transformers.CamembertConfig, "bpe", dict(type_vocab_size=1)),
+    # DeBERTa-v3's shape: rows of 64 within the span (terms by distance), reaching the log buckets past 32; its
+    # folder's only tokenizer file is spm.model
+    "deberta-v2": (transformers.DebertaV2Config, "spm",
+                   dict(DEBERTA_V3, position_buckets=64, max_relative_positions=128)),
     "electra": (transformers.ElectraConfig, "wordpiece", dict(embedding_size=16)),
     "distilbert": (transformers.DistilBertConfig, "wordpiece", dict(dim=32, n_layers=2, n_heads=4, hidden_dim=48)),
     "mpnet": (transformers.MPNetConfig, "mpnet", {}),
@@ -39,6 +45,7 @@ FAMILIES = {
         classifier_dropout=0.1)),
 }
 SEQ_CLS = {"bert": "BertForSequenceClassification", "roberta": "RobertaForSequenceClassification",
+           "deberta-v2": "DebertaV2ForSequenceClassification",
            "xlm-roberta": "XLMRobertaForSequenceClassification", "camembert": "CamembertForSequenceClassification",
            "electra": "ElectraForSequenceClassification", "distilbert": "DistilBertForSequenceClassification",
            "mpnet": "MPNetForSequenceClassification", "modernbert": "ModernBertForSequenceClassification"}
@@ -81,6 +88,7 @@ def family_folders(tmp_path_factory, minilm_dir, mpnet_dir):
     """model_type -> a base checkpoint folder (no head: flaxft adds a fresh one) with the family's tokenizer."""
     root = tmp_path_factory.mktemp("families")
     tokenizers = {"wordpiece": transformers.AutoTokenizer.from_pretrained(minilm_dir),
+                  "spm": transformers.DebertaV2Tokenizer.from_pretrained(spm_tokenizer_folder(root / "spm")),
                   "bpe": bpe_tokenizer(root),
                   "modernbert": modernbert_tokenizer(),
                   "mpnet": transformers.AutoTokenizer.from_pretrained(mpnet_dir)}
@@ -91,7 +99,11 @@ def family_folders(tmp_path_factory, minilm_dir, mpnet_dir):
         torch.manual_seed(0)
         folder = folders[model_type] = root / model_type
         transformers.AutoModel.from_config(config).save_pretrained(folder)
-        tok.save_pretrained(folder)
+        if kind == "spm":  # as the Hub's DeBERTa-v3 folders: spm.model, converted to a fast tokenizer on loading
+            shutil.copy(root / "spm" / "spm.model", folder)
+            shutil.copy(root / "spm" / "tokenizer_config.json", folder)
+        else:
+            tok.save_pretrained(folder)
     return folders
 
 
@@ -125,7 +137,7 @@ def run_args(model: pathlib.Path, pairs: pathlib.Path, out: pathlib.Path, *extra
             f"data.cache_dir={out.parent / 'cache'}", f"output_dir={out}", *extra]
 
 
-@pytest.mark.parametrize("model_type", ["roberta", "electra", "distilbert", "mpnet", "modernbert"])
+@pytest.mark.parametrize("model_type", ["roberta", "electra", "distilbert", "mpnet", "deberta-v2", "modernbert"])
 def test_same_loss_curve_on_1_and_8_devices(model_type, family_folders, pairs, tmp_path):
     """12 steps with dropout, every parameter sharded by the family's rules over data=2, fsdp=2, tensor=2."""
     args = run_args(family_folders[model_type], pairs, tmp_path / "one", "train.max_steps=12", "checkpoint.export=none")
@@ -165,7 +177,7 @@ def test_export_loads_in_transformers_with_the_same_logits(model_type, family_fo
     assert ours.metrics["test_accuracy"] == pytest.approx(np.mean(want.argmax(-1) == [int(r[2]) for r in rows]))
 
 
-@pytest.mark.parametrize("model_type", ["roberta", "electra", "distilbert", "mpnet", "modernbert"])
+@pytest.mark.parametrize("model_type", ["roberta", "electra", "distilbert", "mpnet", "deberta-v2", "modernbert"])
 def test_packed_bfloat16_accumulation_remat_and_exact_resume(model_type, family_folders, pairs, tmp_path):
     """Packed rows in bfloat16, gradients over 2 micro-batches, remat: one train shape, finite losses; a run
     stopped at a checkpoint (the preemption path) and resumed ends bitwise where an uninterrupted run does."""
@@ -191,15 +203,17 @@ def test_packed_bfloat16_accumulation_remat_and_exact_resume(model_type, family_
         np.testing.assert_array_equal(a, b)
 
 
-def test_predict_any_hugging_face_classifier_folder(family_folders, pairs, tmp_path):
+@pytest.mark.parametrize("model_type", ["roberta", "deberta-v2"])  # DeBERTa's folder: spm.model, no tokenizer.json
+def test_predict_any_hugging_face_classifier_folder(model_type, family_folders, pairs, tmp_path):
     """A *ForSequenceClassification folder written by transformers (never trained by flaxft) predicts as in PyTorch."""
-    folder = tmp_path / "hf-roberta"
-    base = family_folders["roberta"]
+    folder = tmp_path / f"hf-{model_type}"
+    base = family_folders[model_type]
     torch.manual_seed(1)
     model = transformers.AutoModelForSequenceClassification.from_pretrained(base, num_labels=2).eval()
     model.save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(base / name, folder / name)
+    for name in ("tokenizer.json", "tokenizer_config.json", "spm.model"):
+        if (base / name).exists():
+            shutil.copy(base / name, folder / name)
     ours = predict(str(folder), file=str(pairs / "dev.csv"), output_dir=str(tmp_path / "p"),
                    overrides=["data.text_columns=[premise,hypothesis]"])["dev"]
     tok = transformers.AutoTokenizer.from_pretrained(folder)
@@ -238,5 +252,5 @@ def test_tokenizer_files_of_the_families_are_their_own(family_folders):
     assert tokens[0] == "[CLS]" and tokens.count("[SEP]") == 2 and tokens[-1] == "[SEP]"
     reads_types = {t: family_of(read_config(f)).token_type_ids for t, f in family_folders.items()}
     assert reads_types == {"bert": True, "electra": True, "roberta": False, "xlm-roberta": False, "camembert": False,
-                           "distilbert": False, "mpnet": False, "modernbert": False}
+                           "distilbert": False, "mpnet": False, "deberta-v2": True, "modernbert": False}
     assert {name for name in TOKENIZER_FILES if (family_folders["bert"] / name).exists()} >= {"tokenizer.json"}

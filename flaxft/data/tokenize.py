@@ -16,14 +16,15 @@ from flaxft.errors import FlaxftError
 
 
 def load_tokenizer(folder: str | os.PathLike):
-    """The checkpoint's fast tokenizer (tokenizer.json or vocab.txt) from a local folder."""
+    """The checkpoint's fast tokenizer from a local folder: tokenizer.json, or what transformers converts into one
+    (vocab.txt; a sentencepiece spm.model, as DeBERTa-v3 ships)."""
     import transformers
 
     try:
         tok = transformers.AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError) as e:
         raise FlaxftError(f"cannot load a tokenizer from '{folder}' ({str(e).splitlines()[0]}); "
-                          "the checkpoint folder needs tokenizer.json or vocab.txt") from None
+                          "the checkpoint folder needs tokenizer.json, vocab.txt or spm.model") from None
     if not tok.is_fast:
         raise FlaxftError(f"the tokenizer in '{folder}' is not a fast tokenizer; add its tokenizer.json")
     return tok

@@ -159,15 +159,17 @@ class PostNormLayer(nn.Module):
     """One encoder layer with LayerNorm after each residual sum (BERT and the families close to it).
 
     Only the rows in `queries` (x itself, or the [CLS] rows in the last layer) are computed: attention
-    reads keys and values from every row of x."""
+    reads keys and values from every row of x. A family with attention of its own (DeBERTa) sets
+    `attention`: a module called like SelfAttention, to which `bias` is passed as it is."""
 
     config: EncoderConfig
     dtype: Dtype = jnp.float32
+    attention: type = SelfAttention
 
     @nn.compact
     def __call__(self, x, queries, mask, bias, deterministic: bool):
         cfg = self.config
-        a = SelfAttention(cfg, self.dtype, name="attention")(x, queries, mask, bias, deterministic)
+        a = self.attention(cfg, self.dtype, name="attention")(x, queries, mask, bias, deterministic)
         a = nn.Dropout(cfg.attention_output_dropout)(a, deterministic=deterministic)
         h = layer_norm(cfg, self.dtype, "attention_norm")(a + queries)
         m = nn.Dropout(cfg.hidden_dropout)(FeedForward(cfg, self.dtype, name="mlp")(h), deterministic=deterministic)

@@ -28,9 +28,10 @@ class Family:
 
 
 def _families() -> tuple[Family, ...]:
-    from flaxft.model import bert, distilbert, electra, modernbert, mpnet, roberta
+    from flaxft.model import bert, deberta, distilbert, electra, modernbert, mpnet, roberta
 
-    return (bert.FAMILY, roberta.FAMILY, electra.FAMILY, distilbert.FAMILY, mpnet.FAMILY, modernbert.FAMILY)
+    return (bert.FAMILY, roberta.FAMILY, electra.FAMILY, distilbert.FAMILY, mpnet.FAMILY, deberta.FAMILY,
+            modernbert.FAMILY)
 
 
 @functools.cache
