@@ -4,14 +4,15 @@
         [--length 128] [--dtype float32|bfloat16] [--steps 5] [--torch-steps 3] [--json OUT]
 
 Random-init models of each family's base size from transformers' config classes (BERT-base, RoBERTa-base,
-ELECTRA-base: embeddings of 768, DistilBERT-base: 6 layers, MPNet-base), 2 labels, a full batch of random
+ELECTRA-base: embeddings of 768, DistilBERT-base: 6 layers, MPNet-base, DeBERTa-v3-base, ModernBERT-base), 2 labels, a full batch of random
 tokens (no padding), dropout on, AdamW with global-norm clipping. flaxft: the train step a run uses
 (flaxft.steps.train_step, flaxft.optim) jitted with the state donated; bfloat16 is flaxft's train.dtype
 (bf16 activations and matmuls, float32 parameters). PyTorch: model.train(), forward, backward, clipping and
 torch.optim.AdamW in eager mode; bfloat16 is torch.autocast. Both on the default device (CPU here; the GPU
 when JAX and torch see one). Seconds per step are the median of the timed steps after warm-up.
 
-MFU counts nominal training FLOPs (bench/roofline.py: 6 N L + 12 layers L^2 H per example, all rows full)
+MFU counts nominal training FLOPs (bench/roofline.py: 6 N L + 12 layers L^2 H per example, all rows full; N
+counts ModernBERT's gate, not DeBERTa's relative-position terms; every layer's attention counted as full)
 against the best matmul rate measured here in the same dtype (JAX, 4096^3 and the model's shapes).
 """
 
@@ -49,6 +50,16 @@ BASE = {  # family -> (transformers config class name, fields beyond the class d
                                       num_attention_heads=12, intermediate_size=3072)),
     "distilbert": ("DistilBertConfig", {}),
     "mpnet": ("MPNetConfig", {}),
+    # DeBERTa-v3-base: relative attention (c2p + p2c, 256 log buckets, normed shared table), no absolute positions
+    "deberta-v2": ("DebertaV2Config", dict(vocab_size=128100, type_vocab_size=0, relative_attention=True,
+                                           position_buckets=256, max_relative_positions=-1, pos_att_type=["p2c", "c2p"],
+                                           norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False,
+                                           layer_norm_eps=1e-7, pooler_hidden_size=768)),
+    # ModernBERT-base: 22 pre-norm layers, GeGLU of 1152, global attention every third layer, a 128-token window
+    "modernbert": ("ModernBertConfig", dict(vocab_size=50368, hidden_size=768, intermediate_size=1152,
+                                            num_hidden_layers=22, num_attention_heads=12, global_attn_every_n_layers=3,
+                                            local_attention=128, classifier_pooling="mean", norm_bias=False,
+                                            attention_bias=False, mlp_bias=False)),
 }
 
 

@@ -25,8 +25,10 @@ import time
 # ---------------------------------------------------------------------------- model FLOPs
 
 def encoder_dims(config) -> dict:
-    """Layers, hidden and intermediate size of a flaxft EncoderConfig (any family)."""
-    return {"layers": config.num_layers, "hidden": config.hidden_size, "intermediate": config.intermediate_size}
+    """Layers, hidden and intermediate size of a flaxft EncoderConfig (any family), and the feed-forward's number
+    of [hidden, intermediate] matrices (3 for a gated one: ModernBERT's GeGLU)."""
+    return {"layers": config.num_layers, "hidden": config.hidden_size, "intermediate": config.intermediate_size,
+            "ffn_matrices": 3 if config.model_type == "modernbert" else 2}
 
 
 def bert_dims(model_dir) -> dict:
@@ -38,7 +40,7 @@ def bert_dims(model_dir) -> dict:
 
 def matmul_params(d: dict) -> int:
     h, i = d["hidden"], d["intermediate"]
-    return d["layers"] * (4 * h * h + 2 * h * i)
+    return d["layers"] * (4 * h * h + d.get("ffn_matrices", 2) * h * i)
 
 
 def train_flops(d: dict, sum_len: float, sum_len_sq: float, rows: float, num_labels: int = 2) -> float:

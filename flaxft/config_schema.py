@@ -24,7 +24,7 @@ def _field(default: Any, help: str):
 @dataclasses.dataclass
 class ModelConfig:
     name_or_path: str = _field("bert-base-uncased", "Hugging Face checkpoint (model_type bert, roberta, xlm-roberta, camembert, electra, "
-                                                             "distilbert or mpnet): a local folder or a Hub id.")
+                                                             "distilbert, mpnet, deberta-v2 or modernbert): a local folder or a Hub id.")
     random_init: bool = _field(False, "Ignore the checkpoint's weights and initialize randomly from its config.json.")
     remat: bool = _field(False, "Rematerialize each encoder layer in the backward pass (saves memory on long sequences).")
 
