@@ -51,7 +51,9 @@ BASE = {  # family -> (transformers config class name, fields beyond the class d
     "distilbert": ("DistilBertConfig", {}),
     "mpnet": ("MPNetConfig", {}),
     # DeBERTa-v3-base: relative attention (c2p + p2c, 256 log buckets, normed shared table), no absolute positions
-    "deberta-v2": ("DebertaV2Config", dict(vocab_size=128100, type_vocab_size=0, relative_attention=True,
+    "deberta-v2": ("DebertaV2Config", dict(vocab_size=128100, hidden_size=768, num_hidden_layers=12,
+                                           num_attention_heads=12, intermediate_size=3072, type_vocab_size=0,
+                                           relative_attention=True,
                                            position_buckets=256, max_relative_positions=-1, pos_att_type=["p2c", "c2p"],
                                            norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False,
                                            layer_norm_eps=1e-7, pooler_hidden_size=768)),
