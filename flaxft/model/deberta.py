@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from flaxft.model.bert import BERT_LAYER_PARTS, bert_style_config
 from flaxft.model.encoder_config import EncoderConfig, hf_config_object, refuse
-from flaxft.model.layers import (ACTIVATIONS, Dtype, PostNormLayer, attention_mask_to_bool, dense,
+from flaxft.model.layers import (ClassificationHead, Dtype, PostNormLayer, attention_mask_to_bool, dense,
                                  embedding_positions, layer_norm, query_rows, query_rows_of_scores)
 from flaxft.model.registry import Family
 from flaxft.model.weights import KeyMap
@@ -52,6 +52,10 @@ class DebertaConfig(EncoderConfig):
     def attention_span(self) -> int:
         """Half the rows of the relative embedding table."""
         return self.position_buckets or self.max_relative_positions
+
+    @property
+    def head_input_dropout(self) -> float:
+        return self.pooler_dropout
 
     @property
     def score_scale(self) -> float:
@@ -252,22 +256,6 @@ class DebertaEncoder(nn.Module):
             x, query_rows(x, cls_index), query_rows_of_scores(mask, cls_index), relative, deterministic)
 
 
-class ContextPoolerHead(nn.Module):
-    """DeBERTa's ContextPooler and classifier: dropout, dense, activation, dropout, output projection."""
-
-    config: DebertaConfig
-    num_labels: int
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, cls, deterministic: bool):
-        cfg = self.config
-        cls = nn.Dropout(cfg.pooler_dropout)(cls, deterministic=deterministic)
-        h = ACTIVATIONS[cfg.head_activation](dense(cfg.hidden_size, cfg, self.dtype, "dense")(cls))
-        h = nn.Dropout(cfg.classifier_dropout)(h, deterministic=deterministic)
-        return dense(self.num_labels, cfg, self.dtype, "out")(h).astype(jnp.float32)
-
-
 class DebertaClassifier(nn.Module):
     """Embeddings -> disentangled encoder -> ContextPooler head, with flaxft.model.layers.EncoderClassifier's
     call signature and outputs (packed rows included)."""
@@ -285,7 +273,7 @@ class DebertaClassifier(nn.Module):
             input_ids, token_type_ids, embedding_positions(cfg, input_ids, position_ids), deterministic)
         cls = DebertaEncoder(cfg, self.dtype, self.remat, name="encoder")(
             x, attention_mask_to_bool(attention_mask, segment_ids), cls_index, deterministic)
-        return ContextPoolerHead(cfg, self.num_labels, self.dtype, name="head")(
+        return ClassificationHead(cfg, self.num_labels, self.dtype, name="head")(
             cls[:, 0] if cls_index is None else cls, deterministic)
 
 

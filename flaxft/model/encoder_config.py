@@ -58,6 +58,11 @@ class EncoderConfig:
         return self.max_positions - (0 if self.position_offset is None else self.position_offset + 1)
 
     @property
+    def head_input_dropout(self) -> float:
+        """Dropout rate on the [CLS] vector before the head's hidden layer (0: none)."""
+        return self.classifier_dropout if self.head_dropout_first else 0.0
+
+    @property
     def embedding_width(self) -> int:
         return self.embedding_size or self.hidden_size
 

@@ -222,7 +222,8 @@ class Encoder(nn.Module):
 
 class ClassificationHead(nn.Module):
     """[CLS] vector -> logits: a hidden layer (BERT's pooler, RoBERTa's and ELECTRA's head, DistilBERT's
-    pre_classifier), dropout, the output projection; RoBERTa-style heads also drop out their input."""
+    pre_classifier, DeBERTa's ContextPooler), dropout, the output projection; RoBERTa-style heads and DeBERTa's
+    also drop out their input (`head_input_dropout`)."""
 
     config: EncoderConfig
     num_labels: int
@@ -231,8 +232,8 @@ class ClassificationHead(nn.Module):
     @nn.compact
     def __call__(self, cls, deterministic: bool):
         cfg = self.config
-        if cfg.head_dropout_first:
-            cls = nn.Dropout(cfg.classifier_dropout)(cls, deterministic=deterministic)
+        if cfg.head_input_dropout:
+            cls = nn.Dropout(cfg.head_input_dropout)(cls, deterministic=deterministic)
         h = ACTIVATIONS[cfg.head_activation](dense(cfg.hidden_size, cfg, self.dtype, "dense")(cls))
         h = nn.Dropout(cfg.classifier_dropout)(h, deterministic=deterministic)
         return dense(self.num_labels, cfg, self.dtype, "out")(h).astype(jnp.float32)
