@@ -23,8 +23,8 @@ from flaxft.model.deberta import FAMILY, log_buckets, relative_index
 from flaxft.parallel import make_mesh, tree_shardings
 
 from tests.conftest import WORDS
-from tests.test_families import (DEBERTA_V3, VOCAB, assert_gradients_match, mixed_batch, packed_logits, tiny_config,
-                                 tiny_torch_model, torch_inputs)
+from tests.test_families import (DEBERTA_V3, assert_gradients_match, long_batch, mixed_batch, packed_logits,
+                                 tiny_config, tiny_torch_model, torch_inputs)
 
 
 @pytest.mark.parametrize("buckets, max_position", [(4, 8), (32, 128), (256, 512), (64, 1024)])
@@ -73,17 +73,6 @@ def test_attention_variants_match_transformers(variant, tmp_path):
     with torch.no_grad():
         want = model(**torch_inputs(model, ids, mask, types)).logits.numpy()
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=0)
-
-
-def long_batch(lengths, width: int, seed: int = 0):
-    """Single sequences of these lengths ([CLS]=1 first), right-padded with 0 to `width`."""
-    rng = np.random.default_rng(seed)
-    ids = np.zeros((len(lengths), width), np.int32)
-    mask = np.zeros_like(ids)
-    for row, n in enumerate(lengths):
-        ids[row, :n] = np.concatenate([[1], rng.integers(4, VOCAB, n - 1)])
-        mask[row, :n] = 1
-    return ids, mask, np.zeros_like(ids)
 
 
 @pytest.mark.parametrize("buckets, max_relative", [(8, 32), (128, 256)])

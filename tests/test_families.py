@@ -95,6 +95,17 @@ def mixed_batch(pad_id: int, seed: int = 0, lengths=((5, 5), (4, 3), (2, 2))):
     return ids, mask, types
 
 
+def long_batch(lengths, width: int, seed: int = 0, cls_id: int = 1, pad_id: int = 0):
+    """Single sequences of these lengths (`cls_id` first, then ids 4..), right-padded with `pad_id` to `width`."""
+    rng = np.random.default_rng(seed)
+    ids = np.full((len(lengths), width), pad_id, np.int32)
+    mask = np.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = np.concatenate([[cls_id], rng.integers(4, VOCAB, n - 1)])
+        mask[row, :n] = 1
+    return ids, mask, np.zeros_like(ids)
+
+
 def torch_inputs(model, ids, mask, types):
     inputs = {"input_ids": torch.as_tensor(ids, dtype=torch.long), "attention_mask": torch.as_tensor(mask)}
     if getattr(model.config, "type_vocab_size", 0) > 1:  # families with segment embeddings take token types

@@ -21,7 +21,8 @@ from flaxft.model.modernbert import FAMILY, band_mask, banded, window_mask
 from flaxft.parallel import make_mesh, tree_shardings
 from flaxft.train import main as train_main
 from tests.test_family_runs import modernbert_tokenizer, run_args, write_pairs
-from tests.test_families import MODERNBERT, VOCAB, assert_gradients_match, packed_logits, tiny_torch_model
+from tests.test_families import (MODERNBERT, VOCAB, assert_gradients_match, long_batch, packed_logits,
+                                 tiny_torch_model)
 
 
 # answerdotai/ModernBERT-base's config.json (transformers 4.47 era): the Hub's names for the layer pattern and bases
@@ -49,16 +50,6 @@ def test_hub_config_fields():
                             "local_rope_theta": 500.0, "norm_eps": 1e-6, "norm_bias": True})
     assert other.global_layers == (True, False, True, False) and other.local_rope_theta == 500.0
     assert other.layer_norm_eps == 1e-6 and other.norm_bias and other.pooling == "cls"
-
-
-def long_batch(lengths, width: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    ids = np.zeros((len(lengths), width), np.int32)
-    mask = np.zeros_like(ids)
-    for row, n in enumerate(lengths):
-        ids[row, :n] = np.concatenate([[1], rng.integers(4, VOCAB, n - 1)])
-        mask[row, :n] = 1
-    return ids, mask, np.zeros_like(ids)
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])

@@ -16,7 +16,7 @@ from flaxft.model.mpnet import FAMILY, relative_buckets
 from flaxft.parallel import make_mesh, tree_shardings
 
 from tests.conftest import mrpc_pairs
-from tests.test_families import VOCAB, assert_gradients_match, packed_logits, tiny_config, tiny_torch_model
+from tests.test_families import assert_gradients_match, long_batch, packed_logits, tiny_config, tiny_torch_model
 
 PAD = 1
 
@@ -28,17 +28,6 @@ def test_buckets_match_transformers():
     np.testing.assert_array_equal(relative_buckets(600, 128), want)
 
 
-def long_batch(lengths, width: int, seed: int = 0):
-    """Single sequences of these lengths (ids 4.., <s> first), right-padded with MPNet's pad id to `width`."""
-    rng = np.random.default_rng(seed)
-    ids = np.full((len(lengths), width), PAD, np.int32)
-    mask = np.zeros_like(ids)
-    for row, n in enumerate(lengths):
-        ids[row, :n] = np.concatenate([[0], rng.integers(4, VOCAB, n - 1)])
-        mask[row, :n] = 1
-    return ids, mask, np.zeros_like(ids)
-
-
 @pytest.mark.parametrize("buckets", [32, 40])  # a larger table: transformers still uses its first 32 rows
 def test_long_sequences_match_transformers(buckets, tmp_path):
     """Sequences of 150-200 tokens reach the logarithmic buckets and the clamp at distance 128: logits,
@@ -46,14 +35,14 @@ def test_long_sequences_match_transformers(buckets, tmp_path):
     model = tiny_torch_model("mpnet", max_position_embeddings=256, relative_attention_num_buckets=buckets)
     model.save_pretrained(tmp_path)
     config, params = load_pretrained(tmp_path, 3, rng=jax.random.key(0))
-    ids, mask, types = long_batch([200, 170, 150], 200)
+    ids, mask, types = long_batch([200, 170, 150], 200, cls_id=0, pad_id=PAD)
     got = jax.jit(build(config, 3).apply)({"params": params}, ids, mask)
     with torch.no_grad():
         want = model(input_ids=torch.as_tensor(ids, dtype=torch.long), attention_mask=torch.as_tensor(mask)).logits
     np.testing.assert_allclose(np.asarray(got), want.numpy(), atol=1e-4, rtol=0)
     assert_gradients_match(model, config, params, ids, mask, types)
 
-    ids, mask, types = long_batch([190, 150, 40, 25], 190, seed=1)
+    ids, mask, types = long_batch([190, 150, 40, 25], 190, seed=1, cls_id=0, pad_id=PAD)
     alone = np.asarray(build(config, 3).apply({"params": params}, ids, mask))
     packed = np.asarray(packed_logits(config, params, ids, mask, types, np.array([[0, 3], [1, 2]]), 220, PAD))
     np.testing.assert_allclose(packed[[0, 1, 1, 0], [0, 0, 1, 1]], alone, atol=1e-5)
