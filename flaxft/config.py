@@ -38,8 +38,13 @@ def _coerce(key: str, value: Any, tp) -> Any:
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
-            return None
-        return _coerce(key, value, args[0])
+            if len(args) < len(typing.get_args(tp)):
+                return None
+            raise FlaxftError(f"config key '{key}' cannot be null")
+        lists = [a for a in args if typing.get_origin(a) is list]
+        if lists and isinstance(value, (list, tuple)):  # float | list[float]: a list takes the list form
+            return _coerce(key, value, lists[0])
+        return _coerce(key, value, next(a for a in args if typing.get_origin(a) is not list))
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         items = value if isinstance(value, (list, tuple)) else [value]

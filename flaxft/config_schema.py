@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -58,7 +58,8 @@ class TrainConfig:
     max_steps: Optional[int] = _field(None, "Total optimizer steps; overrides epochs when set.")
     batch_size: int = _field(32, "Global batch size (all devices together).")
     eval_batch_size: Optional[int] = _field(None, "Global evaluation batch size (default: batch_size).")
-    learning_rate: float = _field(2e-5, "Peak AdamW learning rate.")
+    learning_rate: Union[float, list[float]] = _field(2e-5, "Peak AdamW learning rate; a list, e.g. [2e-5,3e-5,5e-5], trains "
+                                                            "one replica per rate in the same program (a grid, with train.seeds).")
     weight_decay: float = _field(0.01, "AdamW weight decay (not applied to biases and LayerNorm).")
     warmup_ratio: float = _field(0.1, "Fraction of steps with linear warmup (then linear decay to 0).")
     warmup_steps: Optional[int] = _field(None, "Warmup steps; overrides warmup_ratio when set.")
@@ -68,6 +69,8 @@ class TrainConfig:
     max_grad_norm: float = _field(1.0, "Clip gradients to this global norm (0 disables).")
     grad_accum_steps: int = _field(1, "Split each batch into N micro-batches and sum their gradients (same update, less memory).")
     seed: int = _field(42, "Seed for initialization, shuffling and dropout.")
+    seeds: Optional[list[int]] = _field(None, "Train one replica per seed in the same program, e.g. [42,43,44,45,46] "
+                                              "(replaces train.seed); with a list of learning rates, every (seed, rate) pair.")
     dropout_rng: str = _field("hash", "Dropout mask bits: hash (counter-based hash, about a tenth of threefry's cost on CPU) or threefry "
                                       "(jax.random's default).")
     dtype: str = _field("float32", "Activation/matmul dtype: float32 or bfloat16 (weights stay float32).")
@@ -80,6 +83,7 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class MeshConfig:
+    replica: int = _field(1, "Replica axis size: spreads a grid's replicas (train.seeds x learning rates) over devices.")
     data: int = _field(-1, "Data-parallel axis size (-1: all remaining devices).")
     fsdp: int = _field(1, "FSDP axis size: shards large weights and the batch.")
     tensor: int = _field(1, "Tensor-parallel axis size: splits attention heads and the MLP.")
@@ -100,7 +104,8 @@ class CheckpointConfig:
                                               "(null: the task's main metric).")
     resume_from: Optional[str] = _field(None, "Resume from this checkpoint (a step folder, a checkpoints folder or a run folder) "
                                               "instead of output_dir's latest.")
-    export: str = _field("best", "At the end, write output_dir/export in Hugging Face format: best, final or none.")
+    export: str = _field("best", "At the end, write output_dir/export in Hugging Face format: best, final or none; all also "
+                                 "writes every replica of a grid to export/seed-<s>_lr-<lr>/.")
     async_save: bool = _field(True, "Write checkpoints in the background while training goes on.")
 
 
@@ -163,7 +168,11 @@ def validate(cfg: Config) -> None:
     need(t.eval_batch_size is None or t.eval_batch_size >= 1, "train.eval_batch_size must be >= 1")
     need(t.epochs > 0 or (t.max_steps or 0) > 0, "train.epochs must be > 0 (or set train.max_steps)")
     need(t.max_steps is None or t.max_steps >= 1, "train.max_steps must be >= 1 (or null to use train.epochs)")
-    need(t.learning_rate > 0, "train.learning_rate must be > 0")
+    rates = t.learning_rate if isinstance(t.learning_rate, list) else [t.learning_rate]
+    need(len(rates) > 0 and all(r > 0 for r in rates), f"train.learning_rate={t.learning_rate} must be > 0 (or a list of such)")
+    need(len(set(rates)) == len(rates), f"train.learning_rate={t.learning_rate} lists a rate twice; list each once")
+    need(t.seeds is None or (len(t.seeds) > 0 and len(set(t.seeds)) == len(t.seeds)),
+         f"train.seeds={t.seeds} must list distinct seeds, e.g. [42,43,44], or be null")
     need(0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)")
     need(t.log_every_steps >= 1, "train.log_every_steps must be >= 1")
     need(t.eval_every_steps is None or t.eval_every_steps >= 1, "train.eval_every_steps must be >= 1 or null")
@@ -182,12 +191,15 @@ def validate(cfg: Config) -> None:
     c = cfg.checkpoint
     need(c.every_steps is None or c.every_steps >= 1, "checkpoint.every_steps must be >= 1 or null")
     need(c.keep >= 1, "checkpoint.keep must be >= 1")
-    need(c.export in ("best", "final", "none"), f"checkpoint.export='{c.export}' must be best, final or none")
+    need(c.export in ("best", "final", "all", "none"), f"checkpoint.export='{c.export}' must be best, final, all or none")
     need(c.best_metric is None or c.best_metric.startswith("eval_"),
          f"checkpoint.best_metric='{c.best_metric}' must be an eval metric such as eval_accuracy or eval_loss")
-    for axis in ("data", "fsdp", "tensor"):
+    for axis in ("replica", "data", "fsdp", "tensor"):
         size = getattr(cfg.mesh, axis)
         need(size == -1 or size >= 1, f"mesh.{axis}={size} must be a positive size or -1")
+    replicas = len(t.seeds or [t.seed]) * len(rates)
+    need(cfg.mesh.replica in (1, -1) or replicas % cfg.mesh.replica == 0,
+         f"mesh.replica={cfg.mesh.replica} must divide the grid's {replicas} replicas (train.seeds x learning rates)")
 
 
 def _default(f: dataclasses.Field):

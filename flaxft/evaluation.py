@@ -45,17 +45,19 @@ class Evaluator:
         self.setup, self.compiled, self.compute_metrics = setup, compiled, compute_metrics
 
     def outputs(self, params, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """Logits and losses for every example of split `name`, in order."""
+        """Logits [n, num_labels] and losses [n] for every example of split `name`, in order (a grid's params:
+        [replicas, n, ...])."""
         split, s = self.setup.data.splits[name], self.setup
         plan = buckets.plan_batches(split.lengths, s.data.boundaries, s.eval_batch_size, shuffle=False)
-        batches = device_batches(split, plan, self.compiled.batch_sharding, s.config.train.prefetch)
-        outs = [self.compiled.eval(params, len(b.indices), b.length)(params, batch) for b, batch in zip(plan, batches)]
-        logits = np.zeros((len(split), s.data.raw.num_labels), np.float32)
-        losses = np.zeros(len(split), np.float32)
+        batches = device_batches(split, plan, self.compiled.eval_batch_sharding, s.config.train.prefetch)
+        outs = [self.compiled.eval(params, b.num_rows, b.length)(params, batch) for b, batch in zip(plan, batches)]
+        lead = (self.compiled.grid.size,) if self.compiled.grid else ()
+        logits = np.zeros(lead + (len(split), s.data.raw.num_labels), np.float32)
+        losses = np.zeros(lead + (len(split),), np.float32)
         for b, out in zip(plan, jax.device_get(outs)):  # one host transfer for the whole split
             real = b.indices != buckets.FILLER
-            logits[b.indices[real]] = out["logits"][real]
-            losses[b.indices[real]] = out["loss"][real]
+            logits[..., b.indices[real], :] = out["logits"][..., real, :]
+            losses[..., b.indices[real]] = out["loss"][..., real]
         return logits, losses
 
     def scores(self, logits: np.ndarray, losses: np.ndarray, labels: np.ndarray, prefix: str,
@@ -76,16 +78,26 @@ class Evaluator:
 
         Extra evaluation splits get a suffix, as in run_glue: MNLI mismatched gives eval_accuracy_mm.
         """
+        if self.compiled.grid:
+            raise RuntimeError("internal error: a grid has one result per replica (evaluate_replicas)")
+        return self.evaluate_replicas(params, split)[0]
+
+    def evaluate_replicas(self, params, split: Optional[str] = None) -> list[dict[str, float]]:
+        """evaluate() for each replica of a grid (a single run: a list of one)."""
         splits = self.setup.data.splits
         names = [split] if split else [s for s in self.setup.data.raw.eval_splits if s in splits]
-        out: dict[str, float] = {}
+        out = [{} for _ in range(self.compiled.grid.size if self.compiled.grid else 1)]
         for i, name in enumerate(names):
             if name not in splits:
                 raise FlaxftError(f"no '{name}' split to evaluate; available: {sorted(splits)}")
             if not splits[name].has_labels:
                 raise FlaxftError(f"split '{name}' has no labels to evaluate; use predict() instead")
             suffix = "" if i == 0 else "_" + ("mm" if name.endswith("mismatched") else name)
-            out.update(self.scores(*self.outputs(params, name), splits[name].labels, "eval_", suffix))
+            logits, losses = self.outputs(params, name)
+            if not self.compiled.grid:
+                logits, losses = logits[None], losses[None]
+            for metrics, lg, ls in zip(out, logits, losses):
+                metrics.update(self.scores(lg, ls, splits[name].labels, "eval_", suffix))
         return out
 
     def predict(self, params, split: str = "test") -> PredictionOutput:

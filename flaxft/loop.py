@@ -20,6 +20,7 @@ from flaxft import storage
 from flaxft.checkpoint import CHECKPOINTS
 from flaxft.data.pipeline import device_batches
 from flaxft.errors import FlaxftError
+from flaxft.grid import table as grid_table
 from flaxft.host_memory import INSTALL_HINT, host_allocator
 from flaxft.monitoring import CompileCounter, PreemptionGuard, Tally
 from flaxft.reporting import RunWriter, summary, write_json
@@ -44,16 +45,30 @@ def _batches(trainer, start: int):
             yield epoch, b, batch
 
 
-def _log_train(step: int, epoch: int, pending: list[dict], writer: RunWriter, bar, samples_per_s: float, lr0) -> None:
+def _log_train(trainer, step: int, epoch: int, pending: list[dict], writer: RunWriter, bar, samples_per_s: float,
+               diverged: set) -> None:
     host = jax.device_get(pending)  # the only host sync in the loop
-    loss = float(np.mean([m["loss"] for m in host]))
-    if not math.isfinite(loss):
-        raise FlaxftError(f"training loss became {loss} at step {step}; lower train.learning_rate "
-                          f"(now {lr0}) or check the labels and inputs")
-    event = {"epoch": epoch + 1, "loss": loss, "learning_rate": float(host[-1]["learning_rate"]),
-             "grad_norm": float(np.mean([m["grad_norm"] for m in host])), "samples_per_second": samples_per_s}
-    writer.write(step, event)
-    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{event['learning_rate']:.2e}", samples_s=f"{samples_per_s:.1f}")
+    losses = np.mean([m["loss"] for m in host], axis=0)  # [] or, for a grid, [replicas]
+    grad_norms = np.mean([m["grad_norm"] for m in host], axis=0)
+    rates = np.asarray(host[-1]["learning_rate"])
+    grid = trainer.grid
+    if grid is None:
+        loss = float(losses)
+        if not math.isfinite(loss):
+            raise FlaxftError(f"training loss became {loss} at step {step}; lower train.learning_rate "
+                              f"(now {trainer.config.train.learning_rate}) or check the labels and inputs")
+        writer.write(step, {"epoch": epoch + 1, "loss": loss, "learning_rate": float(rates),
+                            "grad_norm": float(grad_norms), "samples_per_second": samples_per_s})
+    else:  # one event per replica; a diverged replica is a result of the sweep, not the end of it
+        for i in range(grid.size):
+            if not math.isfinite(losses[i]) and i not in diverged:
+                diverged.add(i)
+                log.warning("replica %s: training loss became %s at step %d", grid.name(i), losses[i], step)
+            writer.write(step, {"epoch": epoch + 1, **grid.tags(i), "loss": float(losses[i]),
+                                "current_learning_rate": float(rates[i]), "grad_norm": float(grad_norms[i]),
+                                "samples_per_second": samples_per_s / grid.size}, run=grid.name(i))
+    bar.set_postfix(loss=f"{float(np.mean(losses)):.4f}", lr=f"{float(np.max(rates)):.2e}",
+                    samples_s=f"{samples_per_s:.1f}")
 
 
 def _start(trainer, step: int) -> None:
@@ -82,22 +97,22 @@ def train(trainer) -> dict:
     from tqdm.auto import tqdm
 
     t, c = trainer.config.train, trainer.config.checkpoint
-    step, total, spe = int(trainer.state.step), trainer.total_steps, trainer.steps_per_epoch
+    step, total, spe = trainer.global_step, trainer.total_steps, trainer.steps_per_epoch
     done = trainer.setup.output_dir / "summary.json"
     if step == total and done.is_file():
         log.info("this run had already finished (%s); nothing to do", done)
         return json.loads(done.read_text(encoding="utf-8"))
     _start(trainer, step)
-    train_step = functools.partial(trainer.compiled.train, tx=trainer.tx, schedule=trainer.schedule,
+    train_step = functools.partial(trainer.compiled.train, optimizer=trainer.optimizer, learning_rate=t.learning_rate,
                                    grad_accum_steps=t.grad_accum_steps, dropout_rng=t.dropout_rng)
     tally, writer = Tally(trainer.plan.lengths), RunWriter(trainer.setup.output_dir)
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=jax.process_index() != 0,
                dynamic_ncols=True, mininterval=2.0)
-    first_step_seconds, pending, eval_metrics, preempted = None, [], {}, False
+    first_step_seconds, pending, eval_metrics, preempted, diverged = None, [], {}, False, set()
     try:
         with CompileCounter() as compiles, PreemptionGuard() as sigterm:
             for epoch, b, batch in _batches(trainer, step):
-                execute = train_step(trainer.state, len(b.indices), b.length, trainer.plan.slots)
+                execute = train_step(trainer.state, b.num_rows, b.length, trainer.plan.slots)
                 trainer.state, m = execute(trainer.state, batch)
                 pending.append(m)
                 if first_step_seconds is None:  # one sync, for time-to-first-step (load + compile + step)
@@ -107,8 +122,8 @@ def train(trainer) -> dict:
                 step += 1
                 bar.update(1)
                 if itstime(step, t.log_every_steps, total):
-                    _log_train(step, epoch, pending, writer, bar, tally.examples / tally.train_seconds(),
-                               t.learning_rate)
+                    _log_train(trainer, step, epoch, pending, writer, bar, tally.examples / tally.train_seconds(),
+                               diverged)
                     pending = []
                 end_of_epoch = itstime(step, spe)
                 evaluated = end_of_epoch or itstime(step, t.eval_every_steps, total)
@@ -144,4 +159,6 @@ def _finish(trainer, step: int, eval_metrics: dict, tally: Tally, first_step_sec
     if jax.process_index() == 0:
         write_json(trainer.setup.output_dir / "summary.json", result)
     log.info("done: %s", {k: result[k] for k in result if k.startswith("eval_") or k.endswith("_per_second")})
+    if trainer.grid and "by_learning_rate" in result:
+        log.info("%d replicas, mean +- std over seeds per learning rate:\n%s", trainer.grid.size, grid_table(result))
     return result

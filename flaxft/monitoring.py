@@ -49,11 +49,13 @@ class Tally:
         self.paused_seconds = 0.0
         self.start = time.perf_counter()
 
-    def add(self, b: buckets.Batch) -> None:
-        real = b.indices[b.indices != buckets.FILLER]
-        self.examples += len(real)
-        self.tokens += int(self.lengths[real].sum())
-        self.slots += b.length * len(b.indices)
+    def add(self, b) -> None:
+        """Count a planned batch: bucketed, packed, or a grid's (every replica's examples count)."""
+        for one in getattr(b, "batches", (b,)):
+            real = one.indices[one.indices != buckets.FILLER]
+            self.examples += len(real)
+            self.tokens += int(self.lengths[real].sum())
+            self.slots += one.length * one.num_rows
 
     def train_seconds(self) -> float:
         return time.perf_counter() - self.start - self.paused_seconds

@@ -26,8 +26,14 @@ def warmup_steps_for(cfg: TrainConfig, total_steps: int) -> int:
     return cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * total_steps)
 
 
-def make_optimizer(cfg: TrainConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    schedule = warmup_linear_decay(cfg.learning_rate, warmup_steps_for(cfg, total_steps), total_steps)
+def make_optimizer(cfg: TrainConfig, total_steps: int, learning_rate=None) -> tuple[optax.GradientTransformation,
+                                                                                   optax.Schedule]:
+    """The optimizer and its schedule peaking at `learning_rate` (default cfg.learning_rate; a grid passes each
+    replica's rate, a traced scalar inside its vmapped step)."""
+    peak = cfg.learning_rate if learning_rate is None else learning_rate
+    if isinstance(peak, list):
+        raise ValueError("internal error: a list of learning rates is a grid; pass one replica's rate")
+    schedule = warmup_linear_decay(peak, warmup_steps_for(cfg, total_steps), total_steps)
     adamw = optax.adamw(schedule, b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps,
                         weight_decay=cfg.weight_decay, mask=decay_mask)
     if cfg.max_grad_norm > 0:

@@ -1,6 +1,7 @@
 """Device mesh, partition rules and batch placement.
 
-The mesh has three named axes (data, fsdp, tensor). The batch is split over data x fsdp; parameters
+The mesh has four named axes (replica, data, fsdp, tensor). A grid's replicas (flaxft.grid) are split over
+`replica`, a leading axis of their state and batches; within a replica the batch is split over data x fsdp; parameters
 and optimizer state follow PARAM_RULES, matched by regular expression against the parameter's path
 ("encoder/layer_0/attention/query/kernel", or ".../mu/..." inside the optimizer state). Parameter names are
 the same in every encoder family (flaxft.model.layers); a family adds rules for parameters of its own.
@@ -22,7 +23,7 @@ from flaxft.errors import FlaxftError
 
 log = logging.getLogger("flaxft")
 
-AXES = ("data", "fsdp", "tensor")
+AXES = ("replica", "data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
 # First match wins. Dense kernels are [in, out]: splitting `out` of query/key/value splits heads.
@@ -39,9 +40,9 @@ PARAM_RULES: list[tuple[str, P]] = [
 
 
 def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
-    """Build the (data, fsdp, tensor) mesh; one axis may be -1 to take the remaining devices."""
+    """Build the (replica, data, fsdp, tensor) mesh; one axis may be -1 to take the remaining devices."""
     devices = list(jax.devices() if devices is None else devices)
-    sizes = [cfg.data, cfg.fsdp, cfg.tensor]
+    sizes = [cfg.replica, cfg.data, cfg.fsdp, cfg.tensor]
     if sizes.count(-1) > 1:
         raise FlaxftError(f"mesh sizes {dict(zip(AXES, sizes))}: at most one axis may be -1")
     known = math.prod(s for s in sizes if s != -1)
@@ -62,6 +63,11 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Rows of every batch array are split over data x fsdp; the sequence axis is not split."""
     return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replica_sharding(sharding: NamedSharding) -> NamedSharding:
+    """The same layout with a leading replica axis split over the mesh's `replica` axis."""
+    return NamedSharding(sharding.mesh, P("replica", *sharding.spec))
 
 
 def data_parallel_size(mesh: Mesh) -> int:
@@ -106,22 +112,32 @@ def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh, rules=()) -> P:
     return P(*dims)
 
 
-def tree_shardings(mesh: Mesh, tree, rules=()):
+def tree_shardings(mesh: Mesh, tree, rules=(), *, replicas: bool = False):
     """NamedShardings for every leaf of a (possibly abstract) pytree, following `rules` (a family's own),
-    then PARAM_RULES."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: NamedSharding(mesh, spec_for(_path_str(path), np.shape(leaf), mesh, rules)), tree)
+    then PARAM_RULES; with `replicas`, every leaf has a leading replica axis (split over the mesh's `replica`)
+    and the rules apply to the rest of its shape."""
+    def one(path, leaf):
+        shape = np.shape(leaf)
+        if not replicas:
+            return NamedSharding(mesh, spec_for(_path_str(path), shape, mesh, rules))
+        return NamedSharding(mesh, P("replica", *spec_for(_path_str(path), shape[1:], mesh, rules)))
+    return jax.tree_util.tree_map_with_path(one, tree)
 
 
-def local_rows(sharding: NamedSharding, rows: int) -> slice:
-    """The block of global batch rows that this process's devices hold (all rows on one host)."""
-    index_map = sharding.addressable_devices_indices_map((rows,))
-    starts = [idx[0].start or 0 for idx in index_map.values()]
-    stops = [rows if idx[0].stop is None else idx[0].stop for idx in index_map.values()]
+def local_rows(sharding: NamedSharding, rows: int, replicas: int = 0) -> slice:
+    """The block of global batch rows that this process's devices hold (all rows on one host); a grid's batch
+    ([replicas, rows, ...]) keeps every replica on each process."""
+    shape = (replicas, rows) if replicas else (rows,)
+    index_map = sharding.addressable_devices_indices_map(shape)
+    starts = [idx[-1].start or 0 for idx in index_map.values()]
+    stops = [rows if idx[-1].stop is None else idx[-1].stop for idx in index_map.values()]
     block = slice(min(starts), max(stops))
     if block.stop - block.start != rows // jax.process_count():
         raise FlaxftError(f"this process's devices hold batch rows {block.start}..{block.stop} of {rows}, not one "
                           "contiguous block of its share; use a mesh whose data x fsdp axes follow the processes")
+    if replicas and jax.process_count() > 1 and sharding.mesh.shape["replica"] > 1:
+        raise FlaxftError("mesh.replica > 1 splits a grid's replicas over processes, which flaxft does not support "
+                          "yet; use mesh.replica=1 with several processes")
     return block
 
 

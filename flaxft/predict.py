@@ -29,6 +29,7 @@ from flaxft.data.sources import RawData, from_file, load_splits
 from flaxft.data.tasks import get_task
 from flaxft.errors import FlaxftError
 from flaxft.export import EXPORT, INFO_FILE, read_labels
+from flaxft.grid import Grid
 from flaxft.host_memory import preload_tcmalloc
 
 log = logging.getLogger("flaxft")
@@ -84,6 +85,12 @@ def open_model(path: str, overrides: list[str], checkpoint: str = "best") -> Sou
         if not (p / "config.yaml").is_file():
             raise FlaxftError(f"--model: '{p}' has checkpoints/ but no config.yaml; is it a flaxft output_dir?")
         cfg = _config(load_config(p / "config.yaml").to_dict(), overrides)  # p may be a gs:// URL
+        if Grid.of(cfg.train):  # its checkpoints hold every replica: predict with the exported best one
+            if checkpoint == "best" and (p / EXPORT / "config.json").is_file():
+                return open_model(str(p / EXPORT), overrides)
+            raise FlaxftError(f"--model: '{p}' is a grid of replicas; predict with its exported best replica "
+                              f"(--model {p / EXPORT}, written when checkpoint.export is not none) or with one of "
+                              f"{p / EXPORT}/seed-<s>_lr-<lr>/ (checkpoint.export=all)")
         latest = Checkpoints(p / CHECKPOINTS, read_only=True).latest_step()
         if latest is None:
             raise FlaxftError(f"--model: '{p / CHECKPOINTS}' holds no finished checkpoint; train first")

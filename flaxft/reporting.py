@@ -28,7 +28,8 @@ def _plain(v):
 
 
 class RunWriter:
-    """Appends one JSON object per event to metrics.jsonl and mirrors scalars to TensorBoard.
+    """Appends one JSON object per event to metrics.jsonl and mirrors scalars to TensorBoard (a grid's replica
+    events to tensorboard/<replica>/, one TensorBoard run per replica).
 
     For a remote output_dir both are written to a local folder and uploaded by flush() (which the trainer
     calls after each evaluation) and at most every `sync_every_s` seconds when writing."""
@@ -43,31 +44,44 @@ class RunWriter:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(str(self._mirror.local / "tensorboard"))
+            self._runs: dict[str, Any] = {}
 
-    def write(self, step: int, event: dict[str, Any]) -> None:
+    def write(self, step: int, event: dict[str, Any], run: Optional[str] = None) -> None:
+        """Log `event` at `step`; `run` names a grid replica, whose scalars go to its own TensorBoard run."""
         if not self.enabled:
             return
         record = {"step": int(step), **{k: _plain(v) for k, v in event.items()}}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
+        tb, tags = (self._tb, ("step",)) if run is None else (self._run_writer(run), ("step", "replica", "seed",
+                                                                                      "learning_rate"))
         for k, v in record.items():
-            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                self._tb.add_scalar(k, v, int(step))
+            if k not in tags and isinstance(v, (int, float)) and not isinstance(v, bool):
+                tb.add_scalar(k, v, int(step))
         if self._mirror.remote:
             self._sync(force=False)
+
+    def _run_writer(self, run: str):
+        if run not in self._runs:
+            from tensorboardX import SummaryWriter
+
+            self._runs[run] = SummaryWriter(str(self._mirror.local / "tensorboard" / run))
+        return self._runs[run]
 
     def flush(self) -> None:
         if self.enabled:
             self._sync(force=True)
 
     def _sync(self, force: bool) -> None:
-        self._tb.flush()
+        for tb in (self._tb, *self._runs.values()):
+            tb.flush()
         self._mirror.sync(force)
 
     def close(self) -> None:
         if self.enabled:
             self._jsonl.close()
-            self._tb.close()
+            for tb in (self._tb, *self._runs.values()):
+                tb.close()
             self._mirror.close()
 
 
@@ -105,4 +119,5 @@ def summary(trainer, eval_metrics: dict, step: int, tally, train_seconds: float,
         "resumed_from_step": trainer.resumed_step,
         "best_checkpoint_step": trainer.checkpoints.best_step(),
         "export": str(export_dir) if export_dir else None,
+        "grid": trainer.grid.to_meta() if trainer.grid else None,
     }

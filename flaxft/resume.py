@@ -21,10 +21,10 @@ log = logging.getLogger("flaxft")
 
 # What the arrays or the data order depend on: a checkpoint that differs in any of these cannot continue this run.
 MUST_MATCH = ("task", "label_names", "num_labels", "train.batch_size", "train.seed", "data.max_seq_length", "buckets",
-              "packing", "train_examples", "steps_per_epoch", "model_config")
+              "packing", "train_examples", "steps_per_epoch", "model_config", "grid")
 
 
-def run_meta(setup, plan, steps_per_epoch: int, total_steps: int) -> dict:
+def run_meta(setup, plan, steps_per_epoch: int, total_steps: int, grid=None) -> dict:
     """What every checkpoint of this run records besides its step and metrics."""
     raw, cfg = setup.data.raw, setup.config
     return {
@@ -33,6 +33,7 @@ def run_meta(setup, plan, steps_per_epoch: int, total_steps: int) -> dict:
         "is_regression": raw.is_regression, "num_labels": raw.num_labels, "text_columns": list(raw.text_columns),
         "buckets": setup.data.boundaries, "packing": plan.info or None, "num_devices": jax.device_count(),
         "mesh": dict(setup.mesh.shape), "model_config": setup.model_config.to_hf(), "config": cfg.to_dict(),
+        "grid": grid.to_meta() if grid else None,
     }
 
 

@@ -7,6 +7,7 @@ of a run that each live in a module of their own:
     compiled    state placed on the mesh; train/eval steps compiled once per batch shape
     resume      what checkpoints record, whether one fits, which step to continue from
     loop        the train loop (logging, evaluation, checkpoints, preemption, summary)
+    grid        a grid of (seed, learning rate) replicas trained in one program, and its statistics
     evaluation  metrics and predictions
     export      the Hugging Face folder
 
@@ -16,6 +17,7 @@ command line does before training (compilation cache, log levels, multi-process 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import pathlib
@@ -24,15 +26,20 @@ from typing import Callable, Optional
 
 import jax
 
+import numpy as np
+
+from flaxft import grid as grids
 from flaxft import loop, storage
 from flaxft.checkpoint import CHECKPOINTS, Checkpoints, abstract, default_best_metric
 from flaxft.compiled import CompiledSteps
 from flaxft.config import Config
+from flaxft.data.grid_plan import GridPlan
 from flaxft.data.prepare import training_plan
 from flaxft.data.sources import RawData
 from flaxft.evaluation import EvalPrediction, Evaluator, PredictionOutput
 from flaxft.export import EXPORT, export_model
-from flaxft.model import load_pretrained
+from flaxft.errors import FlaxftError
+from flaxft.model import load_pretrained, param_shapes
 from flaxft.optim import make_optimizer
 from flaxft.parallel import data_parallel_size
 from flaxft.reporting import RunWriter
@@ -62,29 +69,51 @@ class Trainer:
         self.config = config
         t, c = config.train, config.checkpoint
         self.setup = s = set_up_run(config, raw)
-        self.plan = training_plan(config.data, t, s.data, data_parallel_size(s.mesh))
-        self.plan_description = (f"packed rows of {self.plan.length}" if self.plan.slots
+        self.grid = grids.Grid.of(t)
+        seeds = self.grid.seeds if self.grid else (t.seed,)
+        plans = [training_plan(config.data, t, s.data, data_parallel_size(s.mesh), seed) for seed in seeds]
+        self.plan = GridPlan(tuple(plans), tuple(self.grid.seed_index)) if self.grid else plans[0]
+        self.plan_description = (f"packed rows of {plans[0].length}" if plans[0].slots
                                  else f"buckets {s.data.boundaries}")
+        if self.grid:
+            self.plan_description += f"; a grid of {self.grid.size} replicas (seeds {list(self.grid.seeds)} x " \
+                                     f"learning rates {list(self.grid.learning_rates)})"
+            grids.check_fits(self.grid, sum(int(np.prod(x.shape)) for x in param_shapes(
+                s.model_config, s.data.raw.num_labels).values()), s.mesh, grids.device_memory_bytes(jax.devices()[0]))
         self.steps_per_epoch = len(self.plan.epoch(0))
         self.total_steps = t.max_steps or math.ceil(t.epochs * self.steps_per_epoch)
-        self.tx, self.schedule = make_optimizer(t, self.total_steps)
-        self.compiled = CompiledSteps(s.mesh, s.module, s.family.partition_rules,
-                                      is_regression=s.data.raw.is_regression, token_type_ids=s.family.token_type_ids)
-        _, params = load_pretrained(s.model_dir, s.data.raw.num_labels, rng=jax.random.key(t.seed),
-                                    random_init=config.model.random_init)
-        self.state = self.compiled.place(params, self.tx, seed=t.seed)
+        self.optimizer = functools.partial(make_optimizer, t, self.total_steps)
+        rates = self.grid.learning_rates if self.grid else (t.learning_rate,)
+        self.tx, self.schedule = self.optimizer(rates[0])  # a grid's optimizer state does not depend on the rate
+        self.compiled = CompiledSteps(s.mesh, s.module, s.family.partition_rules, is_regression=s.data.raw.is_regression,
+                                      token_type_ids=s.family.token_type_ids, grid=self.grid)
+        self.state = self.compiled.place(self._initial_params(seeds), self.tx, seed=t.seed)
         self.best_metric = c.best_metric or default_best_metric(s.data.raw.task, s.data.raw.is_regression)
         self.checkpoints = Checkpoints(s.output_dir / CHECKPOINTS, keep=c.keep, best_metric=self.best_metric,
                                        async_save=c.async_save)
         self.evaluator = Evaluator(s, self.compiled, compute_metrics)
-        self.meta = run_meta(s, self.plan, self.steps_per_epoch, self.total_steps)
+        self.meta = run_meta(s, self.plan, self.steps_per_epoch, self.total_steps, self.grid)
         self.checkpoint_seconds = 0.0
         self.resumed_step = self._resume()
+
+    def _initial_params(self, seeds):
+        """The checkpoint's weights and a head initialised from each seed; a grid stacks them per replica."""
+        s = self.setup
+        per_seed = [load_pretrained(s.model_dir, s.data.raw.num_labels, rng=jax.random.key(seed),
+                                    random_init=self.config.model.random_init)[1] for seed in seeds]
+        if not self.grid:
+            return per_seed[0]
+        return jax.tree.map(lambda *xs: np.stack([np.asarray(xs[k]) for k in self.grid.seed_index]), *per_seed)
 
     @property
     def raw(self) -> RawData:
         """The run's splits as loaded and what its labels are (names, regression or not)."""
         return self.setup.data.raw
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps taken (a grid's replicas all take the same)."""
+        return int(np.max(jax.device_get(self.state.step)))
 
     def _resume(self) -> Optional[int]:
         """Restore the checkpoint this run continues from (see flaxft.resume); its step, or None."""
@@ -95,9 +124,9 @@ class Trainer:
         meta = source.read_meta(step)
         check_compatible(meta, self.meta, source.path(step))
         self.state = source.restore(step, self.state)
-        log.info("resuming from %s: step %d (epoch %d, batch %d of %d)", source.path(step), int(self.state.step),
+        log.info("resuming from %s: step %d (epoch %d, batch %d of %d)", source.path(step), self.global_step,
                  meta["epoch"] + 1, meta["batch_in_epoch"], self.steps_per_epoch)
-        return int(self.state.step)
+        return self.global_step
 
     # ------------------------------------------------------------------ the Hugging Face Trainer's verbs
 
@@ -105,40 +134,84 @@ class Trainer:
         """Train to the end (or until SIGTERM); returns the summary (see flaxft.loop.train)."""
         return loop.train(self)
 
-    def evaluate(self, split: Optional[str] = None) -> dict[str, float]:
-        """Metrics named eval_<metric> on the task's evaluation splits (or on `split`)."""
-        return self.evaluator.evaluate(self.state.params, split)
+    def evaluate(self, split: Optional[str] = None) -> dict:
+        """Metrics named eval_<metric> on the task's evaluation splits (or on `split`). A grid's: per replica
+        (`replicas`), per learning rate (`by_learning_rate`), `best_learning_rate`, and that rate's
+        eval_<metric>_mean and _std (see flaxft.grid.aggregate)."""
+        if not self.grid:
+            return self.evaluator.evaluate(self.state.params, split)
+        return grids.aggregate(self.grid, self.evaluator.evaluate_replicas(self.state.params, split), self.best_metric)
 
     def predict(self, split: str = "test") -> PredictionOutput:
         """Predictions for a split; metrics too when it has labels."""
+        if self.grid:
+            raise FlaxftError("Trainer.predict on a grid of replicas: predict with its exported best replica "
+                              "(python -m flaxft.predict --model OUTPUT_DIR) or one of export/seed-<s>_lr-<lr>/")
         return self.evaluator.predict(self.state.params, split)
 
     def export(self, folder=None, which: Optional[str] = None) -> pathlib.Path:
-        """Write the best (by checkpoint.best_metric) or final model in Hugging Face format (to output_dir/export)."""
+        """Write the best (by checkpoint.best_metric) or final model in Hugging Face format (to output_dir/export).
+        A grid writes its best replica at that step there (which="all": every replica too, in
+        export/seed-<s>_lr-<lr>/)."""
         which = which or self.config.checkpoint.export
         folder = storage.path(folder) if folder else self.setup.output_dir / EXPORT
-        params, step, metrics = self.state.params, int(self.state.step), {}
-        if which == "best":
-            self.checkpoints.wait()
-            best = self.checkpoints.best_step()
-            if best is not None:
-                metrics = self.checkpoints.read_meta(best)["metrics"]
-                if best != step:
-                    params, step = self.checkpoints.restore_params(best, abstract(self.state.params)), best
+        params, step, metrics = self.state.params, self.global_step, {}
+        self.checkpoints.wait()
+        best = self.checkpoints.best_step() if which in ("best", "all") else None
+        if best is not None:
+            metrics = self.checkpoints.read_meta(best)["metrics"]
+            if best != step:
+                params, step = self.checkpoints.restore_params(best, abstract(self.state.params)), best
         info = {k: v for k, v in step_meta(self.meta, step, metrics).items()
                 if k not in ("model_config", "num_devices", "mesh")}
+        why = f"best by {self.best_metric}={metrics[self.best_metric]:.4f}" if metrics else "final"
+        if not self.grid:
+            self._export_one(folder, params, info)
+            log.info("exported the model of step %d (%s) to %s", step, why, folder)
+            return folder
+        per_replica = self._replica_metrics(step)
+        best_replica = grids.best_replica(self.grid, per_replica, self.best_metric)
+        targets = [(best_replica, folder)]  # first: writing export/ replaces the folder, replica folders included
+        if which == "all":
+            targets += [(i, folder / self.grid.name(i)) for i in range(self.grid.size)]
+        for i, where in targets:
+            self._export_one(where, jax.tree.map(lambda x: x[i], params), self._replica_info(info, i, per_replica))
+        log.info("exported replica %s of step %d (%s; the best replica by %s=%.4f) to %s", self.grid.name(best_replica),
+                 step, why, self.best_metric, per_replica[best_replica][self.best_metric], folder)
+        return folder
+
+    def _export_one(self, folder, params, info: dict) -> None:
         raw = self.setup.data.raw
         export_model(folder, params, self.setup.model_config, label_names=raw.label_names,
                      is_regression=raw.is_regression, tokenizer=self.setup.data.tokenizer, info=info)
-        why = f"best by {self.best_metric}={metrics[self.best_metric]:.4f}" if metrics else "final"
-        log.info("exported the model of step %d (%s) to %s", step, why, folder)
-        return folder
+
+    def _replica_metrics(self, step: int) -> list[dict]:
+        """Each replica's eval metrics at `step`: from its checkpoint, else evaluated now."""
+        if step in self.checkpoints.steps():
+            saved = self.checkpoints.read_meta(step).get("replica_metrics")
+            if saved:
+                return saved
+        return self.evaluator.evaluate_replicas(self.state.params)
+
+    def _replica_info(self, info: dict, i: int, per_replica: list[dict]) -> dict:
+        """An exported replica's info: the single run it equals (train.seed, train.learning_rate) and its metrics."""
+        seed, lr = self.grid.replicas[i]
+        config = {**info["config"], "train": {**info["config"]["train"], "seed": seed, "learning_rate": lr, "seeds": None}}
+        return {**info, "config": config, "replica": self.grid.tags(i), "metrics": per_replica[i]}
 
     # ------------------------------------------------------------------ what the loop calls
 
-    def evaluate_and_log(self, step: int, epoch: int, writer: RunWriter) -> dict[str, float]:
+    def evaluate_and_log(self, step: int, epoch: int, writer: RunWriter) -> dict:
         metrics = self.evaluate()
-        if metrics:
+        if metrics and self.grid:
+            for i, m in enumerate(metrics["replicas"]):
+                writer.write(step, {"epoch": epoch, **self.grid.tags(i), **{k: v for k, v in m.items()
+                                                                            if k.startswith("eval_")}},
+                             run=self.grid.name(i))
+            writer.flush()
+            log.info("eval @ step %d (epoch %d): best learning rate %g: %s", step, epoch, metrics["best_learning_rate"],
+                     " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.endswith(("_mean", "_std"))))
+        elif metrics:
             writer.write(step, {"epoch": epoch, **metrics})
             writer.flush()  # a remote output_dir gets the log and TensorBoard events now
             log.info("eval @ step %d (epoch %d): %s", step, epoch, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
@@ -146,7 +219,12 @@ class Trainer:
 
     def save(self, step: int, metrics: dict) -> None:
         start = time.perf_counter()
-        if self.checkpoints.save(step, self.state, step_meta(self.meta, step, metrics), metrics):
+        meta_extra = {}
+        if self.grid and metrics:  # the best step is the best rate's mean; export picks the replica from these
+            meta_extra = {"replica_metrics": [{k: v for k, v in r.items() if k.startswith("eval_")}
+                                              for r in metrics["replicas"]]}
+            metrics = grids.checkpoint_metrics(metrics)
+        if self.checkpoints.save(step, self.state, {**step_meta(self.meta, step, metrics), **meta_extra}, metrics):
             seconds = time.perf_counter() - start
             self.checkpoint_seconds += seconds
             log.info("checkpoint at step %d %s(%.2f s blocking)", step, "with metrics " if metrics else "", seconds)

@@ -147,7 +147,7 @@ def test_same_loss_curve_on_1_and_8_devices(model_type, family_folders, pairs, t
                      "checkpoint.export=none", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
     _run(args8, devices=8)
     loss, summary = _curve(tmp_path / "eight")
-    assert len(loss) == 12 and summary["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert len(loss) == 12 and summary["mesh"] == {"replica": 1, "data": 2, "fsdp": 2, "tensor": 2}
     np.testing.assert_allclose(loss, ref, rtol=1e-4, atol=1e-5)
     for key in ("eval_loss", "eval_accuracy", "eval_f1"):
         assert abs(summary[key] - ref_summary[key]) < 1e-3, key

@@ -33,8 +33,8 @@ def need_8_devices():
 
 def test_mesh_sizes_and_errors():
     need_8_devices()
-    assert dict(make_mesh(MeshConfig()).shape) == {"data": 8, "fsdp": 1, "tensor": 1}
-    assert dict(make_mesh(MeshConfig(data=2, fsdp=-1)).shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+    assert dict(make_mesh(MeshConfig()).shape) == {"replica": 1, "data": 8, "fsdp": 1, "tensor": 1}
+    assert dict(make_mesh(MeshConfig(data=2, fsdp=-1)).shape) == {"replica": 1, "data": 2, "fsdp": 4, "tensor": 1}
     with pytest.raises(FlaxftError, match="does not fit 8 devices"):
         make_mesh(MeshConfig(data=-1, fsdp=3))
     with pytest.raises(FlaxftError, match="needs 4 devices but 8"):

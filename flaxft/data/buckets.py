@@ -7,6 +7,7 @@ filler rows (index -1) that carry zero weight, so no example is dropped and none
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from flaxft.data.tokenize import TokenizedSplit
 from flaxft.errors import FlaxftError
 
 FILLER = -1
+BATCH_ORDER_STREAM = 0x6f72646572  # seeds the order of an epoch's batch lengths, with the epoch and without the seed
 
 
 def round_up(x, multiple: int):
@@ -71,6 +73,11 @@ class BucketBatch:
     """One global batch: its bucket length and the example index of each row (FILLER = padding row)."""
     length: int
     indices: np.ndarray  # [rows]
+    replicas: ClassVar[int] = 0  # not a grid's stacked batch (flaxft.data.grid_plan)
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.indices)
 
     def rows(self, block: slice) -> "BucketBatch":
         """The rows `block` of this batch (a process feeds only its own)."""
@@ -101,8 +108,9 @@ def plan_batches(lengths: np.ndarray, boundaries: list[int], batch_size: int, *,
                  shuffle: bool, seed: int = 0, epoch: int = 0) -> list[BucketBatch]:
     """Group examples into same-length batches.
 
-    shuffle=True (training): members of each bucket and the order of batches are permuted with a
-    generator seeded by (seed, epoch), so an epoch is reproducible and resumable from its position.
+    shuffle=True (training): members of each bucket are permuted by (seed, epoch) and the order of the
+    batches' lengths by the epoch alone, so an epoch is reproducible and resumable from its position, and
+    every seed has the same sequence of batch shapes (a grid of seeds stacks them: flaxft.data.grid_plan).
     shuffle=False (evaluation): input order within each bucket, buckets in increasing length.
     """
     bucket_of = assign(lengths, boundaries)
@@ -116,8 +124,8 @@ def plan_batches(lengths: np.ndarray, boundaries: list[int], batch_size: int, *,
             rows = members[start:start + batch_size]
             rows = np.concatenate([rows, np.full(batch_size - len(rows), FILLER, dtype=rows.dtype)])
             batches.append(BucketBatch(int(length), rows))
-    if shuffle:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
+    if shuffle:  # batch counts per bucket depend on the lengths only: this order is the same for every seed
+        batches = [batches[i] for i in np.random.default_rng([BATCH_ORDER_STREAM, epoch]).permutation(len(batches))]
     return batches
 
 

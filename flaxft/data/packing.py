@@ -14,6 +14,7 @@ empty slots).
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import numpy as np
 
@@ -27,6 +28,11 @@ class PackedBatch:
     """One global batch of packed rows: the row length and the examples sharing each row."""
     length: int
     indices: np.ndarray  # [rows, slots]
+    replicas: ClassVar[int] = 0  # not a grid's stacked batch (flaxft.data.grid_plan)
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.indices)
 
     def rows(self, block: slice) -> "PackedBatch":
         """The rows `block` of this batch (a process feeds only its own)."""

@@ -16,7 +16,7 @@ from flaxft.parallel import local_rows, put_batch
 
 def device_batches(split: TokenizedSplit, plan: Sequence[Union[BucketBatch, PackedBatch]], sharding,
                    prefetch: int = 2) -> Iterator[dict[str, jax.Array]]:
-    """Yield device-resident batches for `plan` (bucketed or packed), collated and transferred
+    """Yield device-resident batches for `plan` (bucketed, packed or a grid's), collated and transferred
     `prefetch` batches ahead."""
     q: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
@@ -27,7 +27,7 @@ def device_batches(split: TokenizedSplit, plan: Sequence[Union[BucketBatch, Pack
             for b in plan:
                 if stop.is_set():
                     return
-                own = b.rows(local_rows(sharding, len(b.indices)))  # only this host's share
+                own = b.rows(local_rows(sharding, b.num_rows, b.replicas))  # only this host's share
                 q.put(put_batch(own.collate(split), sharding))
             q.put(done)
         except BaseException as e:  # surface producer errors in the consumer

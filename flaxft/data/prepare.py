@@ -75,16 +75,18 @@ class PackedPlan:
                                   epoch=epoch)
 
 
-def training_plan(d, t, data: RunData, data_parallel: int) -> Union[BucketPlan, PackedPlan]:
-    """The plan `data.packing` asks for; `data_parallel` devices x micro-batches must divide a step's rows."""
+def training_plan(d, t, data: RunData, data_parallel: int, seed: Optional[int] = None) -> Union[BucketPlan, PackedPlan]:
+    """The plan `data.packing` asks for, shuffled by `seed` (default train.seed); `data_parallel` devices x
+    micro-batches must divide a step's rows."""
+    seed = t.seed if seed is None else seed
     lengths = data.splits["train"].lengths
     if not d.packing:
-        return BucketPlan(lengths, data.boundaries, t.batch_size, t.seed)
+        return BucketPlan(lengths, data.boundaries, t.batch_size, seed)
     length = d.packed_length or int(buckets.round_up(d.max_seq_length, d.pad_to_multiple_of))
-    rows = packing.pack(lengths, length, d.max_examples_per_row, seed=t.seed)
+    rows = packing.pack(lengths, length, d.max_examples_per_row, seed=seed)
     per_step = packing.rows_per_step(rows, t.batch_size, data_parallel * t.grad_accum_steps)
     info = {"packed_length": length, "max_examples_per_row": d.max_examples_per_row, "packed_rows_per_step": per_step,
             "examples_per_step_mean": len(lengths) / len(rows) * per_step}
     log.info("packing: %d training examples in %d rows of %d tokens; %d rows (about %.1f examples) per step",
              len(lengths), len(rows), length, per_step, info["examples_per_step_mean"])
-    return PackedPlan(lengths, length, d.max_examples_per_row, per_step, t.seed, info)
+    return PackedPlan(lengths, length, d.max_examples_per_row, per_step, seed, info)
