@@ -76,7 +76,9 @@ def random_batch(vocab: int, batch: int, length: int, seed: int = 0) -> np.ndarr
     return np.random.default_rng(seed).integers(5, vocab, size=(batch, length)).astype(np.int32)
 
 
-def flaxft_seconds(family: str, dtype: str, batch: int, length: int, steps: int) -> list[float]:
+def flaxft_step(family: str, dtype: str):
+    """(jitted train step with the state donated, initial state, flaxft config) for a random-init base model;
+    the step takes padded or packed batches (flaxft.data.buckets / packing), compiling once per shape."""
     from flaxft.config import TrainConfig
     from flaxft.model import build, config_from_hf, init_params
     from flaxft.optim import make_optimizer
@@ -88,20 +90,30 @@ def flaxft_seconds(family: str, dtype: str, batch: int, length: int, steps: int)
     tx, schedule = make_optimizer(TrainConfig(learning_rate=2e-5), 1000)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                        rng=jax.random.key_data(jax.random.key(1)))
+    step = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, is_regression=False),
+                   donate_argnums=0)
+    return step, state, cfg
+
+
+def time_steps(step, state, data: dict, steps: int, warmup: int = 2):
+    """(seconds of each timed step after `warmup` steps (the first compiles), the final state)."""
+    times = []
+    for i in range(steps + warmup):
+        start = time.perf_counter()
+        state, m = step(state, data)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - start)
+    return times[warmup:], state
+
+
+def flaxft_seconds(family: str, dtype: str, batch: int, length: int, steps: int) -> list[float]:
+    step, state, cfg = flaxft_step(family, dtype)
     data = {"input_ids": jnp.asarray(random_batch(cfg.vocab_size, batch, length)),
             "attention_mask": jnp.ones((batch, length), jnp.int32), "labels": jnp.zeros((batch,), jnp.int32),
             "weights": jnp.ones((batch,), jnp.float32)}
     if cfg.type_vocab_size > 1:
         data["token_type_ids"] = jnp.zeros((batch, length), jnp.int32)
-    step = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, is_regression=False),
-                   donate_argnums=0)
-    times = []
-    for i in range(steps + 2):  # two warm-up steps (the first compiles)
-        start = time.perf_counter()
-        state, m = step(state, data)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - start)
-    return times[2:]
+    return time_steps(step, state, data, steps)[0]
 
 
 def torch_seconds(family: str, dtype: str, batch: int, length: int, steps: int) -> list[float]:
