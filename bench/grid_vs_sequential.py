@@ -79,7 +79,7 @@ def main(argv=None) -> None:
     singles = [run(f"seed-{s}", [f"train.seed={s}", f"train.learning_rate={args.lr}"], args, results)
                for s in args.seeds]
     sequential = sum(r["wall_s"] for r in singles)
-    metric_keys = [k for k in singles[0]["summary"] if k.startswith("eval_") and k != "eval_seconds"]
+    metric_keys = [k for k in grid["summary"]["replicas"][0] if k.startswith("eval_")]
     worst = max(abs(rep[k] - single["summary"][k]) for rep, single in zip(grid["summary"]["replicas"], singles)
                 for k in metric_keys)
     results["result"] = {"grid_wall_s": grid["wall_s"], "sequential_wall_s": sequential,
