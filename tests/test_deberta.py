@@ -77,9 +77,9 @@ def test_attention_variants_match_transformers(variant, tmp_path):
 
 @pytest.mark.parametrize("buckets, max_relative", [(8, 32), (128, 256)])
 def test_long_rows_and_late_packed_examples_match_transformers(buckets, max_relative, tmp_path):
-    """Rows of 60-90 tokens reach the logarithmic buckets (and with a span of 8, the clamp at
-    max_relative_positions; with a span of 128, rows of 100 are computed by distance): logits and gradients
-    match; an example packed at token 80 of its row keeps its own relative positions."""
+    """Rows of 60-90 tokens reach the logarithmic buckets (with a span of 8 they run far past it, to the clamp at
+    max_relative_positions; with a span of 128 they stay within it): logits and gradients match; an example
+    packed at token 80 of its row keeps its own relative positions."""
     model = tiny_torch_model("deberta-v2", position_buckets=buckets, max_relative_positions=max_relative,
                              max_position_embeddings=128)
     model.save_pretrained(tmp_path)

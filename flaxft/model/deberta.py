@@ -8,10 +8,12 @@ LayerNormed) are shared by every layer, and the table row of each (query, key) p
 row length. In packed rows that is the distance inside each example (pairs across examples are masked).
 
 transformers computes each term as a [B, heads, L, 2 * span] matmul against the projected table, then gathers
-each pair's entry. Rows no longer than the span (GLUE's 128 tokens against DeBERTa-v3's 256) do better here:
-the table is first laid out by distance (2L - 1 rows, gathered from the small table once per layer), and the
-[B, heads, L, 2L - 1] matmul is shifted into pairs by reshapes (`pair_scores`): fewer FLOPs, no large gather,
-no scatter in the backward pass. Longer rows, and the last layer's [CLS] rows, use the gather.
+each pair's entry (and scatters in the backward pass). Here the table is first laid out by distance (2L - 1 rows,
+gathered from the small table once per layer), and the [B, heads, L, 2L - 1] matmul is shifted into pairs by
+reshapes (`pair_scores`): no large gather and no scatter. Within the span (GLUE's 128 tokens against
+DeBERTa-v3's 256) that is also fewer FLOPs; past it (L=512) the matmul is up to twice transformers' width, and
+still faster and smaller than the gather and its scatter (docs/benchmarks.md). Only the last layer's [CLS] rows
+use the gather.
 
 As in transformers, scores are divided by sqrt(head_dim * (1 + number of c2p/p2c terms)); other entries of
 `pos_att_type` (DeBERTa-v1's "p2p") are ignored there too. The head is DeBERTa's ContextPooler: dropout,
@@ -117,12 +119,6 @@ def relative_index(config: DebertaConfig, length: int) -> np.ndarray:
     return table_rows(config, positions[:, None] - positions[None, :])[None, None]
 
 
-def by_distance(config: DebertaConfig, length: int) -> bool:
-    """Whether layers whose queries are every row compute the relative terms on the 2L - 1 distances (see
-    `pair_scores`): no more matmul work than transformers' 2 * span table rows, and no gather."""
-    return 2 * length - 1 <= 2 * config.attention_span
-
-
 def shifted(scores):
     """[B, H, L, 2L - 1] -> [B, H, L, L]: out[..., i, j] = scores[..., i, L - 1 - i + j], by a flat slice and
     reshapes (row i starts one column earlier than row i - 1)."""
@@ -145,7 +141,7 @@ class DisentangledSelfAttention(nn.Module):
     """Content and relative-position attention of `queries` over the rows of `x`, with its output projection.
 
     `relative` is (relative embeddings [2 * span, hidden], table row of each pair [1 or B, 1, Q, L]), or
-    (embeddings, None) when every row is a query and the terms are computed by distance (`by_distance`)."""
+    (embeddings, None) when every row is a query and the terms are computed by distance."""
 
     config: DebertaConfig
     dtype: Dtype = jnp.float32
@@ -244,14 +240,13 @@ class DebertaEncoder(nn.Module):
                                   name="relative_embeddings").embedding
             if cfg.norm_relative_embeddings:
                 embeddings = layer_norm(cfg, self.dtype, "relative_norm")(embeddings)
-            index = relative_index(cfg, x.shape[1])
-            relative = (embeddings, None if by_distance(cfg, x.shape[1]) else index)
+            relative = (embeddings, None)
         layer_cls = nn.remat(DebertaLayer, static_argnums=(5,)) if self.remat else DebertaLayer
         last = cfg.num_layers - 1
         for i in range(last):
             x = layer_cls(cfg, self.dtype, name=f"layer_{i}")(x, x, mask, relative, deterministic)
         if relative is not None:  # the [CLS] rows' pairs, by gather
-            relative = (relative[0], query_rows_of_scores(index, cls_index))
+            relative = (relative[0], query_rows_of_scores(relative_index(cfg, x.shape[1]), cls_index))
         return layer_cls(cfg, self.dtype, name=f"layer_{last}")(
             x, query_rows(x, cls_index), query_rows_of_scores(mask, cls_index), relative, deterministic)
 
