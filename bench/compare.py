@@ -14,6 +14,11 @@ to --out.
 `--baseline-checkout DIR` adds the system flaxft-baseline: the default flaxft run of another checkout (an
 earlier commit, e.g. `git worktree add DIR COMMIT`), with that checkout's own bench/flaxft_run.py and
 package, so a before/after comparison is one invocation on one machine.
+
+`--reuse EARLIER.json` takes the runs of an earlier invocation's --out (same task, model, epochs, batch size,
+learning rate and seed; same machine) instead of running them again, with that invocation's matmul peak: a study
+is extended run by run (e.g. a new flaxft variant against Trainer runs of 25 minutes each already measured). The
+table marks reused rows and the JSON records where they came from.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ def parse_args(argv=None):
     p.add_argument("--baseline-checkout", help="another flaxft checkout, run as the system flaxft-baseline")
     p.add_argument("--workdir", default="/tmp/flaxft-bench", help="per-run JSON, logs and flaxft output dirs")
     p.add_argument("--out", default="bench/results/compare.json", help="all results as JSON")
+    p.add_argument("--reuse", help="an earlier --out JSON whose matching runs are taken instead of rerun")
     return p.parse_args(argv)
 
 
@@ -82,6 +88,23 @@ def run(cmd: list[str], log: pathlib.Path, checkout: pathlib.Path = HERE.parent)
         tail = "".join(log.read_text(errors="replace").splitlines(True)[-20:])
         sys.exit(f"{' '.join(cmd)} failed (exit {rc}); last lines of {log}:\n{tail}")
     return wall
+
+
+def reusable_runs(args) -> dict:
+    """{"roofline": ..., "runs": {(system, seed): row}} from --reuse: the rows of the requested systems and seeds
+    whose recipe matches this invocation's (anything else in that file is ignored)."""
+    if not args.reuse:
+        return {}
+    earlier = json.loads(pathlib.Path(args.reuse).read_text())
+    recipe = ("task", "epochs", "batch_size", "lr", "max_steps", "max_eval_samples")
+    if any(earlier["args"].get(k) != getattr(args, k) for k in recipe) or \
+            pathlib.Path(earlier["args"]["model"]).name != pathlib.Path(args.model).name:
+        sys.exit(f"--reuse {args.reuse}: its runs used a different recipe "
+                 f"({ {k: earlier['args'].get(k) for k in ('model', *recipe)} }); rerun them instead")
+    runs = {(name, r["seed"]): {**r, "reused_from": args.reuse}
+            for name, rows in earlier["results"].items() if name in args.systems
+            for r in rows if r["seed"] in args.seeds}
+    return {"roofline": earlier["roofline"], "runs": runs}
 
 
 def machine() -> dict:
@@ -109,7 +132,8 @@ def table(results: dict[str, list[dict]]) -> str:
     for name, rows in results.items():
         system = rows[0]["system"] + (" (baseline checkout)" if name == "flaxft-baseline" else "")
         for r in rows + ([mean_row(rows)] if len(rows) > 1 else []):
-            cells = [system, str(r["seed"]), r.get("host_allocator", "system")]
+            cells = [system + (" (reused)" if r.get("reused_from") else ""), str(r["seed"]),
+                     r.get("host_allocator", "system")]
             cells += [fmt.format(r[key]) for _, key, fmt in COLUMNS]
             cells += [f"{100 * r['metrics'][k]:.2f}" for k in metric_keys]
             cells += [f"{100 * r['mfu']:.1f}%", f"{100 * r['hfu']:.1f}%"]
@@ -156,7 +180,11 @@ def main(argv=None) -> None:
     if args.max_eval_samples:
         common += ["--max-eval-samples", str(args.max_eval_samples)]
 
-    if args.peak_gflops:
+    reused = reusable_runs(args)
+    if reused:
+        roof = {**reused["roofline"], "reused_from": args.reuse}
+        print(f"reusing {sum(map(len, reused['runs'].values()))} runs and the matmul peak of {args.reuse}")
+    elif args.peak_gflops:
         roof = {"peak_gflops_float32": args.peak_gflops, "measured": False}
     else:
         print("measuring the float32 matmul peak ...", flush=True)
@@ -173,6 +201,10 @@ def main(argv=None) -> None:
         for name in args.systems:
             script, extra = SYSTEMS[name]
             checkout = pathlib.Path(args.baseline_checkout if name == "flaxft-baseline" else HERE.parent).resolve()
+            if (name, seed) in reused.get("runs", {}):
+                results[name].append(reused["runs"][name, seed])
+                print(f"    {name} seed {seed}: reused from {args.reuse}", flush=True)
+                continue
             tag = f"{args.task}_{name}_seed{seed}"
             out = work / f"{tag}.json"
             cmd = [py, str(checkout / "bench" / script), *common, "--seed", str(seed), *extra, "--out", str(out)]
