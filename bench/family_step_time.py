@@ -82,6 +82,7 @@ def flaxft_step(family: str, dtype: str):
     from flaxft.config import TrainConfig
     from flaxft.model import build, config_from_hf, init_params
     from flaxft.optim import make_optimizer
+    from flaxft.losses import Objective
     from flaxft.steps import TrainState, train_step
 
     cfg = config_from_hf(hf_config(family).to_dict())
@@ -90,7 +91,7 @@ def flaxft_step(family: str, dtype: str):
     tx, schedule = make_optimizer(TrainConfig(learning_rate=2e-5), 1000)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                        rng=jax.random.key_data(jax.random.key(1)))
-    step = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, is_regression=False),
+    step = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, objective=Objective()),
                    donate_argnums=0)
     return step, state, cfg
 

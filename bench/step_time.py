@@ -25,6 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 from flaxft.config import TrainConfig  # noqa: E402
 from flaxft.model import build, load_pretrained  # noqa: E402
 from flaxft.optim import make_optimizer  # noqa: E402
+from flaxft.losses import Objective  # noqa: E402
 from flaxft.steps import TrainState, train_step  # noqa: E402
 
 from common import run_on_allocator  # noqa: E402  (bench/ is on sys.path when run as a script)
@@ -44,7 +45,7 @@ def build_step(model_dir, dtype: str, dropout: bool, batch: int, length: int, dr
             "token_type_ids": jnp.zeros((batch, length), jnp.int32),
             "attention_mask": jnp.ones((batch, length), jnp.int32),
             "labels": jnp.zeros((batch,), jnp.int32), "weights": jnp.ones((batch,), jnp.float32)}
-    step = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, is_regression=False,
+    step = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, objective=Objective(),
                                      dropout_rng=dropout_rng), donate_argnums=0)
     return step, state, data
 

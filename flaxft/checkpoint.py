@@ -28,6 +28,7 @@ from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from flaxft import storage
+from flaxft.losses import MULTI_LABEL, REGRESSION
 from flaxft.errors import FlaxftError
 
 log = logging.getLogger("flaxft")
@@ -49,10 +50,13 @@ def _pytree_restore(target):
     return ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
 
 
-def default_best_metric(task, is_regression: bool) -> str:
-    """The task's headline metric: Matthews correlation for CoLA, Pearson for regression, else accuracy."""
-    if is_regression:
+def default_best_metric(task, problem_type: str) -> str:
+    """The task's headline metric: Matthews correlation for CoLA, Pearson for regression, micro-F1 for multi-label,
+    else accuracy."""
+    if problem_type == REGRESSION:
         return "eval_pearson"
+    if problem_type == MULTI_LABEL:
+        return "eval_f1_micro"
     if task is not None and task.metric == "cola":
         return "eval_matthews_correlation"
     return "eval_accuracy"

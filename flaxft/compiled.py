@@ -23,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from flaxft.checkpoint import abstract
 from flaxft.grid import Grid
+from flaxft.losses import Objective
 from flaxft.parallel import batch_sharding, replica_sharding, tree_shardings
 from flaxft.steps import TrainState, eval_step, train_step
 
@@ -33,12 +34,11 @@ PER_EXAMPLE = ("weights", "cls_index", "labels")  # [rows], or [rows, slots] whe
 class BatchLayout:
     """The arrays of a batch: which keys, and slots per row for packed rows (None: one example per row)."""
     token_type_ids: bool
-    is_regression: bool
+    label_dtype: Any
     slots: Optional[int] = None
 
     def dtypes(self) -> dict:
-        keys = {"input_ids": np.int32, "attention_mask": np.int32, "weights": np.float32,
-                "labels": np.float32 if self.is_regression else np.int32}
+        keys = {"input_ids": np.int32, "attention_mask": np.int32, "weights": np.float32, "labels": self.label_dtype}
         if self.token_type_ids:
             keys["token_type_ids"] = np.int32
         if self.slots:
@@ -49,9 +49,10 @@ class BatchLayout:
 class CompiledSteps:
     """Holds the mesh's shardings and compiles `train_step` / `eval_step` once per (rows, length)."""
 
-    def __init__(self, mesh, model, rules=(), *, is_regression: bool, token_type_ids: bool, grid: Optional[Grid] = None):
+    def __init__(self, mesh, model, rules=(), *, objective: Objective, token_type_ids: bool,
+                 grid: Optional[Grid] = None):
         self.mesh, self.model, self.rules, self.grid = mesh, model, rules, grid
-        self.is_regression, self.token_type_ids = is_regression, token_type_ids
+        self.objective, self.token_type_ids = objective, token_type_ids
         self.eval_batch_sharding = batch_sharding(mesh)  # every replica evaluates the same batch
         self.batch_sharding = replica_sharding(self.eval_batch_sharding) if grid else self.eval_batch_sharding
         self.replicated = NamedSharding(mesh, P())
@@ -102,9 +103,10 @@ class CompiledSteps:
         lead = (self.grid.size,) if self.grid and training else ()
         sharding = self.batch_sharding if training else self.eval_batch_sharding
         per_example = (rows,) if slots is None else (rows, slots)
-        layout = BatchLayout(self.token_type_ids, self.is_regression, slots)
-        return {k: jax.ShapeDtypeStruct(lead + (per_example if k in PER_EXAMPLE else (rows, length)), dt,
-                                        sharding=sharding) for k, dt in layout.dtypes().items()}
+        layout = BatchLayout(self.token_type_ids, self.objective.label_dtype, slots)
+        shapes = {k: per_example if k in PER_EXAMPLE else (rows, length) for k in layout.dtypes()}
+        shapes["labels"] = per_example + self.objective.label_shape
+        return {k: jax.ShapeDtypeStruct(lead + shapes[k], dt, sharding=sharding) for k, dt in layout.dtypes().items()}
 
     def _compile(self, cache: dict, key: tuple, build: Callable[[], tuple]) -> Any:
         """`build() -> (jitted, *abstract_args)` runs only on a miss."""
@@ -121,7 +123,7 @@ class CompiledSteps:
         `optimizer(learning_rate) -> (tx, schedule)`; a grid calls it with each replica's rate."""
         def one(state, batch, lr):
             tx, schedule = optimizer(lr)
-            return train_step(state, batch, model=self.model, tx=tx, schedule=schedule, is_regression=self.is_regression,
+            return train_step(state, batch, model=self.model, tx=tx, schedule=schedule, objective=self.objective,
                               grad_accum_steps=grad_accum_steps, dropout_rng=dropout_rng)
 
         def build():
@@ -143,7 +145,7 @@ class CompiledSteps:
             # runs on the devices (XLA:CPU's in-process all-gather could stall for good, in tests, while other
             # programs were queued). Several processes need every row on each host: replicate there.
             out = self.batch_sharding if jax.process_count() == 1 else self.replicated
-            step = functools.partial(eval_step, model=self.model, is_regression=self.is_regression)
+            step = functools.partial(eval_step, model=self.model, objective=self.objective)
             if self.grid:  # every replica's params on the same batch: outputs [replicas, rows, ...]
                 step = jax.vmap(step, in_axes=(0, None), spmd_axis_name="replica")
             jitted = jax.jit(step, in_shardings=(self.state_sharding.params, self.eval_batch_sharding), out_shardings=out)

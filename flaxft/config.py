@@ -19,11 +19,11 @@ from typing import Any, Optional
 import yaml
 
 from flaxft.config_schema import (CheckpointConfig, Config, DataConfig, DistributedConfig, MeshConfig, ModelConfig,
-                                  TrainConfig, all_keys, help_text, is_section, markdown_reference, validate)
+                                  PredictConfig, TrainConfig, all_keys, help_text, is_section, markdown_reference, validate)
 from flaxft.errors import FlaxftError
 
-__all__ = ["CheckpointConfig", "Config", "DataConfig", "DistributedConfig", "MeshConfig", "ModelConfig", "TrainConfig",
-           "base_chain", "help_text", "load_config", "markdown_reference", "parse_override", "validate"]
+__all__ = ["CheckpointConfig", "Config", "DataConfig", "DistributedConfig", "MeshConfig", "ModelConfig", "PredictConfig",
+           "TrainConfig", "base_chain", "help_text", "load_config", "markdown_reference", "parse_override", "validate"]
 
 
 def _unknown_key(key: str) -> FlaxftError:

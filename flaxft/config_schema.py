@@ -38,7 +38,11 @@ class DataConfig:
     validation_file: Optional[str] = _field(None, "Custom task: validation file.")
     test_file: Optional[str] = _field(None, "Custom task: test file (labels optional).")
     text_columns: Optional[list[str]] = _field(None, "Custom task: one or two text columns, e.g. [sentence1,sentence2].")
-    label_column: str = _field("label", "Custom task: label column (integers, strings, or floats for regression).")
+    label_column: str = _field("label", "Custom task: label column (integers, strings, or floats for regression; lists, or names "
+                                        "joined by label_separator, for multi-label).")
+    problem_type: Optional[str] = _field(None, "Custom task: single_label, multi_label or regression (null: detected from the "
+                                               "training labels; lists or joined names mean multi_label).")
+    label_separator: str = _field(",", "Multi-label CSV/TSV cells: the character joining a row's label names.")
     max_seq_length: int = _field(128, "Truncate tokenized inputs to this many tokens (at most 512).")
     num_buckets: int = _field(4, "Number of sequence-length buckets, chosen from the training lengths.")
     bucket_boundaries: Optional[list[int]] = _field(None, "Explicit bucket lengths (overrides num_buckets), e.g. [32,64,128].")
@@ -67,6 +71,11 @@ class TrainConfig:
     adam_b2: float = _field(0.999, "AdamW beta2.")
     adam_eps: float = _field(1e-8, "AdamW epsilon.")
     max_grad_norm: float = _field(1.0, "Clip gradients to this global norm (0 disables).")
+    label_smoothing: float = _field(0.0, "Classification: label smoothing of the cross-entropy, as "
+                                         "torch.nn.CrossEntropyLoss(label_smoothing=...).")
+    class_weights: Optional[Union[str, list[float]]] = _field(
+        None, "Classification: balanced (n_samples / (n_classes * count), from the training labels, as scikit-learn) or a "
+              "list of one weight per class; the loss (and eval_loss, then marked class-weighted) is torch's weighted mean.")
     grad_accum_steps: int = _field(1, "Split each batch into N micro-batches and sum their gradients (same update, less memory).")
     seed: int = _field(42, "Seed for initialization, shuffling and dropout.")
     seeds: Optional[list[int]] = _field(None, "Train one replica per seed in the same program, e.g. [42,43,44,45,46] "
@@ -110,6 +119,12 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass
+class PredictConfig:
+    threshold: float = _field(0.5, "Multi-label: a label is predicted when its probability (sigmoid) is at least this; also "
+                                   "the threshold of the eval metrics.")
+
+
+@dataclasses.dataclass
 class Config:
     output_dir: str = _field("outputs/run", "Where the resolved config, metrics, TensorBoard events, summary, checkpoints and export go "
                                             "(a local folder or gs://bucket/path; gs:// needs flaxft[gcs]).")
@@ -119,6 +134,7 @@ class Config:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    predict: PredictConfig = dataclasses.field(default_factory=PredictConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -164,6 +180,20 @@ def validate(cfg: Config) -> None:
              f"data.bucket_boundaries={b} must be increasing positive lengths, e.g. [32,64,128]")
     need(d.text_columns is None or 1 <= len(d.text_columns) <= 2,
          "data.text_columns takes one or two columns, e.g. data.text_columns=[sentence1,sentence2]")
+    need(d.problem_type in (None, "single_label", "multi_label", "regression"),
+         f"data.problem_type='{d.problem_type}' is not known; use single_label, multi_label, regression or null (detect)")
+    need(bool(d.label_separator.strip()) or d.label_separator == "\t",
+         f"data.label_separator={d.label_separator!r} must be a visible character such as , or |")
+    need(0 <= t.label_smoothing < 1, f"train.label_smoothing={t.label_smoothing} must be in [0, 1)")
+    need(not (t.label_smoothing and d.problem_type in ("multi_label", "regression")),
+         f"train.label_smoothing applies to single-label classification, not data.problem_type={d.problem_type}; unset one")
+    need(not (t.class_weights is not None and d.problem_type in ("multi_label", "regression")),
+         f"train.class_weights applies to single-label classification, not data.problem_type={d.problem_type}; unset one")
+    cw = t.class_weights
+    need(cw is None or cw == "balanced" or (isinstance(cw, list) and len(cw) > 0 and
+                                            all(isinstance(w, (int, float)) and w > 0 for w in cw)),
+         f"train.class_weights={cw} must be balanced or a list of positive weights, one per class, e.g. [1.0,3.0]")
+    need(0 < cfg.predict.threshold < 1, f"predict.threshold={cfg.predict.threshold} must be between 0 and 1")
     need(t.batch_size >= 1, "train.batch_size must be >= 1")
     need(t.eval_batch_size is None or t.eval_batch_size >= 1, "train.eval_batch_size must be >= 1")
     need(t.epochs > 0 or (t.max_steps or 0) > 0, "train.epochs must be > 0 (or set train.max_steps)")

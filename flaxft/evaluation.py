@@ -19,6 +19,7 @@ from flaxft.data import buckets
 from flaxft.data.pipeline import device_batches
 from flaxft.data.sources import RawData
 from flaxft.errors import FlaxftError
+from flaxft.losses import MULTI_LABEL, REGRESSION
 from flaxft.model import load_pretrained, param_shapes
 from flaxft.run_setup import RunSetup, set_up_run
 
@@ -32,9 +33,9 @@ class EvalPrediction:
 
 @dataclasses.dataclass
 class PredictionOutput:
-    predictions: np.ndarray    # class ids, or regression values
+    predictions: np.ndarray    # class ids, regression values, or multi-label [n, num_labels] booleans
     logits: np.ndarray         # [n, num_labels]
-    probabilities: Optional[np.ndarray]  # softmax of logits (classification only)
+    probabilities: Optional[np.ndarray]  # softmax of logits (sigmoid for multi-label; None for regression)
     label_ids: Optional[np.ndarray]
     metrics: dict[str, float]
 
@@ -45,30 +46,41 @@ class Evaluator:
         self.setup, self.compiled, self.compute_metrics = setup, compiled, compute_metrics
 
     def outputs(self, params, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """Logits [n, num_labels] and losses [n] for every example of split `name`, in order (a grid's params:
-        [replicas, n, ...])."""
+        """Logits [n, num_labels] and loss terms [n, 2] (numerator, denominator: flaxft.losses) for every example
+        of split `name`, in order (a grid's params: [replicas, n, ...])."""
         split, s = self.setup.data.splits[name], self.setup
         plan = buckets.plan_batches(split.lengths, s.data.boundaries, s.eval_batch_size, shuffle=False)
         batches = device_batches(split, plan, self.compiled.eval_batch_sharding, s.config.train.prefetch)
         outs = [self.compiled.eval(params, b.num_rows, b.length)(params, batch) for b, batch in zip(plan, batches)]
         lead = (self.compiled.grid.size,) if self.compiled.grid else ()
         logits = np.zeros(lead + (len(split), s.data.raw.num_labels), np.float32)
-        losses = np.zeros(lead + (len(split),), np.float32)
+        losses = np.zeros(lead + (len(split), 2), np.float32)
         for b, out in zip(plan, jax.device_get(outs)):  # one host transfer for the whole split
             real = b.indices != buckets.FILLER
             logits[..., b.indices[real], :] = out["logits"][..., real, :]
-            losses[..., b.indices[real]] = out["loss"][..., real]
+            losses[..., b.indices[real], :] = np.stack([out["loss"], out["loss_weight"]], -1)[..., real, :]
         return logits, losses
+
+    def predictions(self, logits: np.ndarray) -> np.ndarray:
+        """Class ids, regression values, or multi-label booleans at predict.threshold."""
+        problem = self.setup.objective.problem_type
+        if problem == MULTI_LABEL:
+            return scipy.special.expit(logits) >= self.setup.config.predict.threshold
+        return logits[..., 0] if problem == REGRESSION else logits.argmax(-1)
 
     def scores(self, logits: np.ndarray, losses: np.ndarray, labels: np.ndarray, prefix: str,
                suffix: str = "") -> dict[str, float]:
         raw = self.setup.data.raw
-        preds = logits[:, 0] if raw.is_regression else logits.argmax(-1)
-        if raw.task:
-            kind = raw.task.metric
-        else:  # custom data: the key set depends on the label set, never on what one eval split holds
-            kind = "regression" if raw.is_regression else "binary" if raw.num_labels == 2 else "classification"
-        values = {"loss": float(losses.mean()), **glue_metrics.compute_metrics(kind, preds, labels)}
+        preds = self.predictions(logits)
+        loss = float(losses[:, 0].sum(dtype=np.float64) / max(losses[:, 1].sum(dtype=np.float64), 1e-12))
+        if raw.problem_type == MULTI_LABEL:
+            values = {"loss": loss, **glue_metrics.multi_label_scores(preds, labels)}
+        else:
+            if raw.task:
+                kind = raw.task.metric
+            else:  # custom data: the key set depends on the label set, never on what one eval split holds
+                kind = "regression" if raw.is_regression else "binary" if raw.num_labels == 2 else "classification"
+            values = {"loss": loss, **glue_metrics.compute_metrics(kind, preds, labels)}
         if self.compute_metrics is not None:
             values.update(self.compute_metrics(EvalPrediction(predictions=logits, label_ids=labels)))
         return {f"{prefix}{k}{suffix}": float(v) for k, v in values.items()}
@@ -106,8 +118,9 @@ class Evaluator:
         if split not in splits:
             raise FlaxftError(f"no '{split}' split to predict; available: {sorted(splits)}")
         logits, losses = self.outputs(params, split)
-        probs = None if raw.is_regression else scipy.special.softmax(logits, axis=-1)
-        preds = logits[:, 0] if raw.is_regression else logits.argmax(-1)
+        probs = None if raw.is_regression else scipy.special.expit(logits) if raw.problem_type == MULTI_LABEL \
+            else scipy.special.softmax(logits, axis=-1)
+        preds = self.predictions(logits)
         labels = splits[split].labels if splits[split].has_labels else None
         metrics = self.scores(logits, losses, labels, "test_") if labels is not None else {}
         return PredictionOutput(preds, logits, probs, labels, metrics)
@@ -121,7 +134,7 @@ class Predictor:
     def __init__(self, config: Config, raw: RawData, *, boundaries: Optional[list[int]] = None,
                  params_from: Optional[tuple[Checkpoints, int]] = None):
         self.setup = s = set_up_run(config, raw, trained_boundaries=boundaries, training=False)
-        self.compiled = CompiledSteps(s.mesh, s.module, s.family.partition_rules, is_regression=raw.is_regression,
+        self.compiled = CompiledSteps(s.mesh, s.module, s.family.partition_rules, objective=s.objective,
                                       token_type_ids=s.family.token_type_ids)
         if params_from is None:
             _, params = load_pretrained(s.model_dir, raw.num_labels, rng=jax.random.key(config.train.seed))

@@ -23,6 +23,7 @@ import safetensors.numpy
 
 from flaxft import storage
 from flaxft.errors import FlaxftError
+from flaxft.losses import MULTI_LABEL, REGRESSION, SINGLE_LABEL
 from flaxft.model import EncoderConfig, family_of, params_to_state_dict
 from flaxft.model.hf_files import SAFE_WEIGHTS
 
@@ -30,22 +31,23 @@ EXPORT = "export"
 INFO_FILE = "flaxft.json"
 
 
-def hf_config(model_config: EncoderConfig, label_names: Optional[tuple[str, ...]], is_regression: bool) -> dict:
-    """config.json for the family's ``*ForSequenceClassification`` with the run's labels."""
-    names = ["LABEL_0"] if is_regression else list(label_names)
+def hf_config(model_config: EncoderConfig, label_names: Optional[tuple[str, ...]], problem_type: str) -> dict:
+    """config.json for the family's ``*ForSequenceClassification`` with the run's labels and problem type (which
+    picks transformers' loss)."""
+    names = ["LABEL_0"] if problem_type == REGRESSION else list(label_names)
     return {
         **model_config.to_hf(),
         "architectures": [family_of(model_config).architectures[model_config.model_type]],
         "num_labels": len(names),
         "id2label": {str(i): n for i, n in enumerate(names)},
         "label2id": {n: i for i, n in enumerate(names)},
-        "problem_type": "regression" if is_regression else "single_label_classification",
+        "problem_type": problem_type,
         "dtype": "float32",
     }
 
 
-def read_labels(folder: pathlib.Path) -> tuple[Optional[tuple[str, ...]], bool, int]:
-    """(label names, is_regression, num_labels) from a Hugging Face config.json."""
+def read_labels(folder: pathlib.Path) -> tuple[Optional[tuple[str, ...]], str, int]:
+    """(label names, problem type, num_labels) from a Hugging Face config.json."""
     path = pathlib.Path(folder) / "config.json"
     try:
         d = json.loads(path.read_text())
@@ -53,13 +55,14 @@ def read_labels(folder: pathlib.Path) -> tuple[Optional[tuple[str, ...]], bool, 
         raise FlaxftError(f"'{path}' is missing or not JSON ({e}); point at an exported model folder") from None
     id2label = d.get("id2label") or {}
     num_labels = len(id2label) or int(d.get("num_labels", 2))
-    if d.get("problem_type") == "regression" or num_labels == 1:
-        return None, True, 1
+    if d.get("problem_type") == REGRESSION or num_labels == 1:
+        return None, REGRESSION, 1
     names = [id2label.get(str(i), id2label.get(i, f"LABEL_{i}")) for i in range(num_labels)]
-    return tuple(names), False, num_labels
+    problem_type = MULTI_LABEL if d.get("problem_type") == MULTI_LABEL else SINGLE_LABEL
+    return tuple(names), problem_type, num_labels
 
 
-def export_model(folder, params, model_config: EncoderConfig, *, label_names, is_regression: bool,
+def export_model(folder, params, model_config: EncoderConfig, *, label_names, problem_type: str,
                  tokenizer, info: dict):
     """Write `folder` (a local path or gs:// URL), replacing an older export only once the new one is
     complete. Process 0 writes."""
@@ -76,7 +79,7 @@ def export_model(folder, params, model_config: EncoderConfig, *, label_names, is
         into.mkdir(parents=True)
         # "format": "pt" is what transformers expects in a safetensors header.
         safetensors.numpy.save_file(state_dict, str(into / SAFE_WEIGHTS), metadata={"format": "pt"})
-        (into / "config.json").write_text(json.dumps(hf_config(model_config, label_names, is_regression), indent=2) + "\n")
+        (into / "config.json").write_text(json.dumps(hf_config(model_config, label_names, problem_type), indent=2) + "\n")
         tokenizer.save_pretrained(str(into))
         (into / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
 

@@ -29,6 +29,7 @@ from flaxft.data.sources import RawData, from_file, load_splits
 from flaxft.data.tasks import get_task
 from flaxft.errors import FlaxftError
 from flaxft.export import EXPORT, INFO_FILE, read_labels
+from flaxft.losses import MULTI_LABEL, REGRESSION, SINGLE_LABEL
 from flaxft.grid import Grid
 from flaxft.host_memory import preload_tcmalloc
 
@@ -76,9 +77,9 @@ def open_model(path: str, overrides: list[str], checkpoint: str = "best") -> Sou
             info = json.loads(info_file.read_text()) if info_file.is_file() else {}
         except ValueError as e:
             raise FlaxftError(f"'{info_file}' is not JSON ({e}); re-export the model") from None
-        names, is_regression, num_labels = read_labels(p)
-        info = {**info, "label_names": list(names) if names else None, "is_regression": is_regression,
-                "num_labels": num_labels}
+        names, problem_type, num_labels = read_labels(p)
+        info = {**info, "label_names": list(names) if names else None, "is_regression": problem_type == REGRESSION,
+                "problem_type": problem_type, "num_labels": num_labels}
         cfg = _config(info.get("config") or {}, overrides, model={"name_or_path": str(p), "random_init": False})
         return Source(cfg, info, None, f"exported model {p}")
     if (p / CHECKPOINTS).is_dir():
@@ -97,7 +98,7 @@ def open_model(path: str, overrides: list[str], checkpoint: str = "best") -> Sou
         probe = Checkpoints(p / CHECKPOINTS, read_only=True).read_meta(latest)
         task = get_task(probe["task"]) if probe.get("task") else None  # the default best metric depends on it
         ckpts = Checkpoints(p / CHECKPOINTS, read_only=True,
-                            best_metric=cfg.checkpoint.best_metric or default_best_metric(task, probe["is_regression"]))
+                            best_metric=cfg.checkpoint.best_metric or default_best_metric(task, problem_type_of(probe)))
         if checkpoint == "best":
             step = ckpts.best_step() or latest
         elif checkpoint == "latest":
@@ -119,7 +120,8 @@ def _file_data(file: str, source: Source, overrides: list[str]) -> RawData:
     """Your own file (.csv, .tsv, .json, .jsonl, .parquet): the model's text columns, labels optional (names or ids)."""
     cfg, info = source.config, source.info
     wanted = cfg.data.text_columns if _overridden(overrides, "data.text_columns") else info.get("text_columns")
-    codec = LabelCodec.named(None if info["is_regression"] else tuple(info["label_names"]))
+    codec = LabelCodec.named(None if info["is_regression"] else tuple(info["label_names"]), problem_type_of(info),
+                             cfg.data.label_separator)
     task = get_task(info["task"]) if info.get("task") else None
     return from_file(file, wanted, cfg.data.label_column, codec, task)
 
@@ -157,11 +159,23 @@ def _glue_value(prediction, raw: RawData):
     return raw.label_names[prediction] if raw.task.name in NAMED_LABELS else int(prediction)
 
 
+def problem_type_of(info: dict) -> str:
+    """A run's or a model's problem type (runs saved before multi-label recorded only is_regression)."""
+    return info.get("problem_type") or (REGRESSION if info["is_regression"] else SINGLE_LABEL)
+
+
 def write_predictions(out_dir, name: str, pred, raw: RawData) -> list:
-    """<name>.tsv with every prediction, and the GLUE submission file when `name` is a GLUE test split."""
+    """<name>.tsv with every prediction, and the GLUE submission file when `name` is a GLUE test split.
+    Multi-label: the predicted label set (names joined by the run's separator; empty when none) and every
+    label's probability."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / f"{name}.tsv"]
-    if raw.is_regression:
+    if raw.problem_type == MULTI_LABEL:
+        names, sep = raw.label_names, raw.labels.separator
+        _write_tsv(written[0], ["index", "prediction", *(f"prob_{n}" for n in names)],
+                   ((i, sep.join(n for n, on in zip(names, hot) if on), *(f"{p:.6f}" for p in probs))
+                    for i, (hot, probs) in enumerate(zip(pred.predictions, pred.probabilities))))
+    elif raw.is_regression:
         _write_tsv(written[0], ["index", "prediction"], ((i, f"{v:.6f}") for i, v in enumerate(pred.predictions)))
     else:
         names = raw.label_names or tuple(f"LABEL_{i}" for i in range(raw.num_labels))

@@ -120,4 +120,8 @@ def summary(trainer, eval_metrics: dict, step: int, tally, train_seconds: float,
         "best_checkpoint_step": trainer.checkpoints.best_step(),
         "export": str(export_dir) if export_dir else None,
         "grid": trainer.grid.to_meta() if trainer.grid else None,
+        "problem_type": s.objective.problem_type,
+        "label_smoothing": s.objective.label_smoothing,
+        "class_weights": list(s.objective.class_weights) if s.objective.class_weights else None,
+        "eval_loss_class_weighted": s.objective.class_weights is not None,  # torch's weighted mean, as trained
     }

@@ -30,7 +30,8 @@ def run_meta(setup, plan, steps_per_epoch: int, total_steps: int, grid=None) -> 
     return {
         "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "train_examples": len(plan.lengths),
         "task": raw.task.name if raw.task else None, "label_names": list(raw.label_names or []) or None,
-        "is_regression": raw.is_regression, "num_labels": raw.num_labels, "text_columns": list(raw.text_columns),
+        "is_regression": raw.is_regression, "problem_type": raw.problem_type, "num_labels": raw.num_labels,
+        "class_weights": setup.objective.class_weights, "text_columns": list(raw.text_columns),
         "buckets": setup.data.boundaries, "packing": plan.info or None, "num_devices": jax.device_count(),
         "mesh": dict(setup.mesh.shape), "model_config": setup.model_config.to_hf(), "config": cfg.to_dict(),
         "grid": grid.to_meta() if grid else None,

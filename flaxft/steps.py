@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from flaxft.dropout_bits import dropout_key
+from flaxft.losses import Objective
 
 
 @flax.struct.dataclass
@@ -33,13 +34,6 @@ def forward(model, params, batch, *, rng=None) -> jax.Array:
                        **packed, deterministic=rng is None, rngs=rngs)
 
 
-def example_losses(logits: jax.Array, labels: jax.Array, is_regression: bool) -> jax.Array:
-    """Loss per example: labels [B] (or [B, K] packed) against logits [..., num_labels]."""
-    if is_regression:
-        return jnp.square(logits[..., 0] - labels.astype(jnp.float32))
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-
-
 def micro_batches(batch: dict, n: int) -> dict:
     """[B, ...] -> [n, B/n, ...] taking rows i, i+n, i+2n, ... for micro-batch i, so that every
     micro-batch is spread over all data-parallel devices (each holds a contiguous block of rows)."""
@@ -47,20 +41,22 @@ def micro_batches(batch: dict, n: int) -> dict:
 
 
 def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
-               schedule: Callable, is_regression: bool, grad_accum_steps: int = 1,
+               schedule: Callable, objective: Objective, grad_accum_steps: int = 1,
                dropout_rng: str = "hash") -> tuple[TrainState, dict]:
     """One optimizer update on a global batch, optionally as a sum over micro-batches.
 
-    The loss is the mean over the real examples of the whole batch (weights: one per row, or per
-    example slot [B, K] when packed), so N micro-batches give the same update as one batch N times larger.
-    `dropout_rng` picks how dropout masks are drawn (flaxft.dropout_bits).
+    The loss is the objective's mean over the real examples of the whole batch (weights: one per row, or per
+    example slot [B, K] when packed; class weights as torch reduces them), so N micro-batches give the same
+    update as one batch N times larger. `dropout_rng` picks how dropout masks are drawn (flaxft.dropout_bits).
     """
     step_rng = jax.random.fold_in(dropout_key(state.rng, dropout_rng), state.step)
-    total_weight = jnp.maximum(jnp.sum(batch["weights"]), 1.0)
+    # the denominator depends only on the labels: the whole batch's, fixed before any micro-batch
+    total_weight = jnp.maximum(jnp.sum(objective.denominators(batch["labels"]) * batch["weights"]), 1e-12)
 
     def loss_fn(params, micro, rng):
         logits = forward(model, params, micro, rng=rng)
-        return jnp.sum(example_losses(logits, micro["labels"], is_regression) * micro["weights"]) / total_weight
+        numerators, _ = objective.terms(logits, micro["labels"])
+        return jnp.sum(numerators * micro["weights"]) / total_weight
 
     if grad_accum_steps == 1:
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, step_rng)
@@ -79,7 +75,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_step(params, batch: dict, *, model, is_regression: bool) -> dict[str, jax.Array]:
-    """Logits and per-example losses (the host drops filler rows)."""
+def eval_step(params, batch: dict, *, model, objective: Objective) -> dict[str, jax.Array]:
+    """Logits and each example's loss terms (numerator, denominator: flaxft.losses); the host drops filler rows."""
     logits = forward(model, params, batch)
-    return {"logits": logits, "loss": example_losses(logits, batch["labels"], is_regression)}
+    numerators, denominators = objective.terms(logits, batch["labels"])
+    return {"logits": logits, "loss": numerators, "loss_weight": denominators}

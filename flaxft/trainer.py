@@ -85,10 +85,10 @@ class Trainer:
         self.optimizer = functools.partial(make_optimizer, t, self.total_steps)
         rates = self.grid.learning_rates if self.grid else (t.learning_rate,)
         self.tx, self.schedule = self.optimizer(rates[0])  # a grid's optimizer state does not depend on the rate
-        self.compiled = CompiledSteps(s.mesh, s.module, s.family.partition_rules, is_regression=s.data.raw.is_regression,
+        self.compiled = CompiledSteps(s.mesh, s.module, s.family.partition_rules, objective=s.objective,
                                       token_type_ids=s.family.token_type_ids, grid=self.grid)
         self.state = self.compiled.place(self._initial_params(seeds), self.tx, seed=t.seed)
-        self.best_metric = c.best_metric or default_best_metric(s.data.raw.task, s.data.raw.is_regression)
+        self.best_metric = c.best_metric or default_best_metric(s.data.raw.task, s.objective.problem_type)
         self.checkpoints = Checkpoints(s.output_dir / CHECKPOINTS, keep=c.keep, best_metric=self.best_metric,
                                        async_save=c.async_save)
         self.evaluator = Evaluator(s, self.compiled, compute_metrics)
@@ -183,7 +183,7 @@ class Trainer:
     def _export_one(self, folder, params, info: dict) -> None:
         raw = self.setup.data.raw
         export_model(folder, params, self.setup.model_config, label_names=raw.label_names,
-                     is_regression=raw.is_regression, tokenizer=self.setup.data.tokenizer, info=info)
+                     problem_type=raw.problem_type, tokenizer=self.setup.data.tokenizer, info=info)
 
     def _replica_metrics(self, step: int) -> list[dict]:
         """Each replica's eval metrics at `step`: from its checkpoint, else evaluated now."""

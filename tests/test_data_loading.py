@@ -4,7 +4,6 @@ import collections
 import json
 import math
 import time
-import types
 
 import huggingface_hub
 import pandas as pd
@@ -12,17 +11,13 @@ import pytest
 
 from flaxft.data.sources import hub_reachable, load_splits
 from flaxft.data.tasks import GLUE_TASKS, get_task
+from flaxft.config import DataConfig
 from flaxft.errors import FlaxftError
 
 
 def cfg(**overrides):
-    """A stand-in for the config's data section, with its defaults."""
-    fields = dict(
-        task=None, path=None, hub_dataset="nyu-mll/glue", train_file=None, validation_file=None,
-        test_file=None, text_columns=None, label_column="label", max_train_samples=None, max_eval_samples=None,
-    )
-    fields.update(overrides)
-    return types.SimpleNamespace(**fields)
+    """The config's data section, with its defaults."""
+    return DataConfig(**overrides)
 
 
 def counts(ds):

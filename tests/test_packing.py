@@ -13,7 +13,8 @@ from flaxft.data.buckets import FILLER
 from flaxft.data.sources import load_splits
 from flaxft.data.tokenize import TokenizedSplit, load_tokenizer, tokenize_split
 from flaxft.model import build, init_params, load_pretrained
-from flaxft.steps import example_losses, forward
+from flaxft.losses import Objective
+from flaxft.steps import forward
 from flaxft.train import main as train_main
 
 from tests.conftest import bert_config, toy_args
@@ -91,13 +92,13 @@ def packed_vs_unpacked(model, params, split: TokenizedSplit, length: int, slots:
     rows = packing.pack(split.lengths, length, slots)
     packed = packing.collate(split, rows, length)
     logits = jax.jit(lambda b: forward(model, params, b))(packed)
-    losses = example_losses(logits, packed["labels"], is_regression=False)
+    losses = Objective().terms(logits, packed["labels"])[0]
     real = rows != FILLER
     order = np.argsort(rows[real])
     alone = buckets.collate(split, np.arange(len(split)), int(split.lengths.max()))
     ref = jax.jit(lambda b: forward(model, params, b))(alone)
     return (np.asarray(logits)[real][order], np.asarray(losses)[real][order],
-            np.asarray(ref), np.asarray(example_losses(ref, alone["labels"], is_regression=False)))
+            np.asarray(ref), np.asarray(Objective().terms(ref, alone["labels"])[0]))
 
 
 def test_packed_logits_match_unpacked_tiny_bert():
@@ -170,7 +171,7 @@ def test_packed_train_step_matches_unpacked():
     tx = optax.sgd(1.0)  # the update is minus the gradient
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                        rng=jax.random.key_data(jax.random.key(1)))
-    step = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx, schedule=lambda _: 1.0, is_regression=False))
+    step = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx, schedule=lambda _: 1.0, objective=Objective()))
     rows = packing.pack(split.lengths, 128, 6)
     packed_state, packed_metrics = step(state, packing.collate(split, rows, 128))
     alone_state, alone_metrics = step(state, buckets.collate(split, np.arange(len(split)), int(split.lengths.max())))

@@ -18,6 +18,7 @@ from flaxft.errors import FlaxftError
 from flaxft.model import build, init_params
 from flaxft.optim import make_optimizer
 from flaxft.parallel import check_batch_size, make_mesh, tree_shardings
+from flaxft.losses import Objective
 from flaxft.steps import TrainState, train_step
 from tests.conftest import bert_config, toy_args
 
@@ -141,7 +142,7 @@ def test_gradient_accumulation_gives_the_same_update():
     def run(n):
         state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                            rng=jax.random.key_data(jax.random.key(1)))
-        step = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, is_regression=False,
+        step = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, objective=Objective(),
                                          grad_accum_steps=n))
         for _ in range(2):
             state, metrics = step(state, batch)

@@ -1,10 +1,13 @@
 """The label codec: what a run's labels are, and how a table cell becomes a label.
 
 Training infers it from the training labels (all integers: class ids 0..max; all numbers, not all
-integers: regression; otherwise the sorted distinct strings are the class names). A GLUE task, or a
-trained model in flaxft.predict, names its classes up front; a cell may then hold a name or a class id.
-Every split of every source is encoded through it, into the datasets label feature it gives
-(`ClassLabel`, or float32 for regression); unlabelled rows are -1 (NaN for regression).
+integers: regression; otherwise the sorted distinct strings are the class names), unless
+`data.problem_type` says. Multi-label: a cell holds a list of labels (JSON, JSONL, Parquet) or label names
+joined by `data.label_separator` (CSV, TSV); the classes are every name seen in training, sorted, and a
+label is a multi-hot vector. A GLUE task, or a trained model in flaxft.predict, names its classes up front;
+a cell may then hold a name or a class id. Every split of every source is encoded through it, into the
+datasets label feature it gives (`ClassLabel`, float32 for regression, a float32 vector for multi-label);
+unlabelled rows are -1 (NaN for regression and multi-label).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Optional
 import datasets
 
 from flaxft.errors import FlaxftError
+from flaxft.losses import MULTI_LABEL, REGRESSION, SINGLE_LABEL
 
 UNLABELLED = -1
 
@@ -53,25 +57,48 @@ def as_int(value) -> Optional[int]:
 @dataclasses.dataclass(frozen=True)
 class LabelCodec:
     kind: str                                # "float" (regression), "int" (class ids), "str" (class names),
-    names: Optional[tuple[str, ...]] = None  # or "named": fixed class names, given as names or ids
+    names: Optional[tuple[str, ...]] = None  # "named": fixed class names, given as names or ids; "multi": label sets
+    separator: str = ","                     # "multi": joins label names in a text cell
 
     @classmethod
-    def named(cls, names: Optional[tuple[str, ...]]) -> "LabelCodec":
+    def named(cls, names: Optional[tuple[str, ...]], problem_type: str = SINGLE_LABEL,
+              separator: str = ",") -> "LabelCodec":
         """The classes of a GLUE task or a trained model (None: regression)."""
+        if problem_type == MULTI_LABEL:
+            return cls("multi", tuple(names), separator)
         return cls("float") if names is None else cls("named", tuple(names))
 
     @classmethod
-    def infer(cls, values, source: str) -> "LabelCodec":
-        """The codec the training labels imply (see the module docstring)."""
+    def infer(cls, values, source: str, problem_type: Optional[str] = None, separator: str = ",") -> "LabelCodec":
+        """The codec the training labels imply (see the module docstring); `problem_type` (data.problem_type)
+        overrides the guess."""
+        values = list(values)
         present = [v for v in values if not is_missing(v)]
         if not present:
             raise FlaxftError(f"{source}: the label column is empty; fill in the labels or set data.label_column")
+        lists = any(isinstance(v, (list, tuple)) for v in present)
+        joined = any(isinstance(v, str) and separator in v for v in present)
+        if problem_type == MULTI_LABEL or (problem_type is None and (lists or joined)):
+            names = sorted({name for v in present for name in _label_set(v, separator)})
+            if len(names) < 2:
+                raise FlaxftError(f"{source}: the training label sets hold {len(names)} distinct label(s); "
+                                  "multi-label classification needs at least two")
+            return cls("multi", tuple(names), separator)
+        if lists:
+            raise FlaxftError(f"{source}: labels are lists but data.problem_type={problem_type}; "
+                              "set data.problem_type=multi_label (or null to detect it)")
+        if problem_type == REGRESSION:
+            bad = next((v for v in present if as_float(v) is None), None)
+            if bad is not None:
+                raise FlaxftError(f"{source}: label {bad!r} is not a number but data.problem_type=regression; "
+                                  "fix the labels or unset data.problem_type")
+            return cls("float")
         ids = [as_int(v) for v in present]
         if all(i is not None for i in ids):
             if min(ids) < 0:
                 raise FlaxftError(f"{source}: label {min(ids)} is negative; class ids must be 0, 1, 2, ...")
             codec = cls("int", tuple(str(i) for i in range(max(ids) + 1)))
-        elif all(as_float(v) is not None for v in present):
+        elif all(as_float(v) is not None for v in present) and problem_type != SINGLE_LABEL:
             return cls("float")
         else:
             codec = cls("str", tuple(sorted({str(v).strip() for v in present})))
@@ -85,6 +112,10 @@ class LabelCodec:
         return self.kind == "float"
 
     @property
+    def problem_type(self) -> str:
+        return REGRESSION if self.kind == "float" else MULTI_LABEL if self.kind == "multi" else SINGLE_LABEL
+
+    @property
     def num_labels(self) -> int:
         return 1 if self.is_regression else len(self.names)
 
@@ -96,6 +127,8 @@ class LabelCodec:
     @property
     def feature(self):
         """The datasets feature of an encoded label column."""
+        if self.kind == "multi":
+            return datasets.List(datasets.Value("float32"), length=len(self.names))
         return datasets.Value("float32") if self.is_regression else datasets.ClassLabel(names=list(self.names))
 
     def encode(self, values, source: str, *, unlabelled_ok: bool) -> list:
@@ -107,7 +140,16 @@ class LabelCodec:
         if is_missing(value):
             if not unlabelled_ok:
                 raise FlaxftError(f"{where}: no label; fill it in or drop the row")
-            return math.nan if self.is_regression else UNLABELLED
+            return [math.nan] * len(self.names) if self.kind == "multi" else math.nan if self.is_regression \
+                else UNLABELLED
+        if self.kind == "multi":
+            hot = [0.0] * len(self.names)
+            for name in _label_set(value, self.separator):
+                if name not in self.names:
+                    raise FlaxftError(f"{where}: label {name!r} never appears in the training labels "
+                                      f"({', '.join(self.names)}); fix the label or add training examples of it")
+                hot[self.names.index(name)] = 1.0
+            return hot
         if self.is_regression:
             number = as_float(value)
             if number is None:
@@ -135,3 +177,9 @@ class LabelCodec:
             raise FlaxftError(f"{where}: label {class_id} never appears in the training labels "
                               f"(0..{len(self.names) - 1}); fix the label or add training examples of it")
         return class_id
+
+
+def _label_set(value, separator: str) -> list[str]:
+    """The label names of one multi-label cell: a list, or names joined by `separator` (blanks dropped)."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(separator)
+    return [name for name in (str(v).strip() for v in items) if name]

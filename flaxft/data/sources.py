@@ -23,6 +23,10 @@ from etils import epath
 
 from flaxft import storage
 from flaxft.data.labels import LabelCodec
+from flaxft.losses import MULTI_LABEL, REGRESSION, SINGLE_LABEL
+
+# data.problem_type's values (null: inferred from the training labels)
+PROBLEM_TYPE_KEYS = {"single_label": SINGLE_LABEL, "multi_label": MULTI_LABEL, "regression": REGRESSION}
 from flaxft.data.tables import read_delimited, read_file, string_table
 from flaxft.data.tasks import TaskSpec, get_task
 from flaxft.errors import FlaxftError
@@ -47,6 +51,7 @@ class RawData:
 
     label_names = property(lambda self: self.labels.names)  # class names in id order; None for regression
     is_regression = property(lambda self: self.labels.is_regression)
+    problem_type = property(lambda self: self.labels.problem_type)  # flaxft.losses.PROBLEM_TYPES
     num_labels = property(lambda self: self.labels.num_labels)
     id2label = property(lambda self: self.labels.id2label)
     label2id = property(lambda self: {name: i for i, name in self.labels.id2label.items()})
@@ -96,17 +101,20 @@ def load_splits(data) -> RawData:
     return raw
 
 
-def from_datasets(splits: dict, text_columns=None, label_column: str = "label") -> RawData:
+def from_datasets(splits: dict, text_columns=None, label_column: str = "label", problem_type: Optional[str] = None,
+                  label_separator: str = ",") -> RawData:
     """RawData from your own in-memory splits, for `Trainer(cfg, raw=...)` in a notebook.
 
     `splits` maps "train" (required), "validation" and "test" to `datasets.Dataset`s or dicts of
-    columns; labels are typed exactly as for files (integers, strings or floats).
+    columns; labels are typed exactly as for files (integers, strings, floats, or lists for multi-label);
+    `problem_type` and `label_separator` as data.problem_type and data.label_separator.
     """
     if "train" not in splits:
         raise FlaxftError(f"from_datasets needs a 'train' split; got {sorted(splits)}")
     tables = {name: ds if isinstance(ds, datasets.Dataset) else datasets.Dataset.from_dict(dict(ds))
               for name, ds in splits.items()}
-    return _custom(tables, {name: f"the {name} split" for name in tables}, text_columns, label_column)
+    return _custom(tables, {name: f"the {name} split" for name in tables}, text_columns, label_column,
+                   problem_type, label_separator)
 
 
 def from_file(file: str, text_columns, label_column: str, codec: LabelCodec, task: Optional[TaskSpec]) -> RawData:
@@ -220,10 +228,12 @@ def _custom_files(data) -> RawData:
     files = {split: file for split, file in (("train", data.train_file), ("validation", data.validation_file),
                                              ("test", data.test_file)) if file}
     tables = {split: read_file(f"{split}_file", file) for split, file in files.items()}
-    return _custom(tables, files, data.text_columns, data.label_column or "label")
+    return _custom(tables, files, data.text_columns, data.label_column or "label", data.problem_type,
+                   data.label_separator)
 
 
-def _custom(tables: dict[str, datasets.Dataset], sources: dict[str, str], text_columns, label_column: str) -> RawData:
+def _custom(tables: dict[str, datasets.Dataset], sources: dict[str, str], text_columns, label_column: str,
+            problem_type: Optional[str] = None, label_separator: str = ",") -> RawData:
     text_columns = pick_text_columns(text_columns, tables["train"], sources["train"])
     if label_column in text_columns:
         raise FlaxftError(f"data.label_column={label_column} is also a text column; use different columns")
@@ -233,7 +243,8 @@ def _custom(tables: dict[str, datasets.Dataset], sources: dict[str, str], text_c
         if missing:
             raise FlaxftError(f"{sources[split]}: no column {missing[0]!r} (columns: {', '.join(table.column_names)}); "
                               "set data.text_columns / data.label_column to the right names")
-    codec = LabelCodec.infer(tables["train"][label_column], sources["train"])
+    codec = LabelCodec.infer(tables["train"][label_column], sources["train"], PROBLEM_TYPE_KEYS.get(problem_type),
+                             label_separator)
     splits = {split: labelled_split(table, text_columns, label_column, codec, sources[split],
                                     unlabelled_ok=split == "test") for split, table in tables.items()}
     return RawData(splits, text_columns, codec, None, ("validation",) if "validation" in splits else (),

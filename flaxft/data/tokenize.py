@@ -36,7 +36,8 @@ class TokenizedSplit:
     ids: np.ndarray                 # int32 [total_tokens]
     type_ids: Optional[np.ndarray]  # int32 [total_tokens]; None for families without token types
     offsets: np.ndarray             # int64 [n + 1]
-    labels: np.ndarray              # int32 class ids or float32 targets; -1 / NaN when unlabelled
+    labels: np.ndarray              # int32 class ids, float32 targets or [n, labels] float32 multi-hot; -1 / NaN
+                                    # when unlabelled
     pad_id: int = 0                 # the tokenizer's padding id
 
     @property
@@ -55,7 +56,8 @@ class TokenizedSplit:
         """Labels at `indices` (any shape) and a weight of 1 per real example; filler slots (negative indices)
         get weight 0, and they and unlabelled examples get a harmless label 0."""
         real = indices >= 0
-        labels = np.where(real, self.labels[np.where(real, indices, 0)], 0).astype(self.labels.dtype)
+        per_label = real.reshape(real.shape + (1,) * (self.labels.ndim - 1))  # multi-hot labels: [..., labels]
+        labels = np.where(per_label, self.labels[np.where(real, indices, 0)], 0).astype(self.labels.dtype)
         labels = np.nan_to_num(labels) if labels.dtype.kind == "f" else np.maximum(labels, 0)
         return labels, real.astype(np.float32)
 

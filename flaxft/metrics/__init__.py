@@ -7,6 +7,7 @@ Both score with the same functions (`glue/scores.py`, scikit-learn and scipy). K
     GLUE: sst2 mnli mnli_mismatched mnli_matched cola stsb mrpc qqp qnli rte wnli hans
     custom: classification (accuracy, f1_macro), binary (accuracy, f1 of class 1, f1_macro),
             regression (pearson, spearmanr, mse)
+    multi_label_scores(predictions, references) -> f1_micro, f1_macro, exact_match, hamming_loss
 """
 
 from __future__ import annotations
@@ -53,3 +54,19 @@ def compute_metrics(kind: str, predictions, references) -> dict[str, float]:
             "pass two 1-D arrays of equal length (argmax the logits for classification)"
         )
     return score(kind, preds.astype(dtype), refs.astype(dtype))
+
+
+def multi_label_scores(predictions, references) -> dict[str, float]:
+    """Multi-label scores of [n, labels] 0/1 predictions against references, with scikit-learn's definitions:
+    micro- and macro-averaged F1 (a label never true nor predicted scores 0, as sklearn's default), exact match
+    (every label of the row right: sklearn's accuracy_score on label sets) and Hamming loss."""
+    from sklearn.metrics import accuracy_score, f1_score, hamming_loss
+
+    preds, refs = np.asarray(predictions).astype(np.int64), np.asarray(references).astype(np.int64)
+    if preds.ndim != 2 or preds.shape != refs.shape:
+        raise FlaxftError(f"multi-label scores: got predictions of shape {preds.shape} and references of shape "
+                          f"{refs.shape}; pass two [examples, labels] 0/1 arrays")
+    return {"f1_micro": float(f1_score(refs, preds, average="micro", zero_division=0)),
+            "f1_macro": float(f1_score(refs, preds, average="macro", zero_division=0)),
+            "exact_match": float(accuracy_score(refs, preds)),
+            "hamming_loss": float(hamming_loss(refs, preds))}
