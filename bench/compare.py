@@ -183,7 +183,7 @@ def main(argv=None) -> None:
     reused = reusable_runs(args)
     if reused:
         roof = {**reused["roofline"], "reused_from": args.reuse}
-        print(f"reusing {sum(map(len, reused['runs'].values()))} runs and the matmul peak of {args.reuse}")
+        print(f"reusing {len(reused['runs'])} runs and the matmul peak of {args.reuse}")
     elif args.peak_gflops:
         roof = {"peak_gflops_float32": args.peak_gflops, "measured": False}
     else:
