@@ -20,7 +20,7 @@ from typing import Optional
 class EarlyStopping:
     best: Optional[float] = None  # the best value so far; None before the first evaluation
     patience_counter: int = 0     # evaluations since the last improvement by more than the threshold
-    stopped: bool = False         # the counter reached the patience: training stops (stopped) here
+    stopped: bool = False         # the counter reached the patience: training stops at this evaluation
 
     def to_meta(self) -> dict:
         return dataclasses.asdict(self)
