@@ -62,6 +62,19 @@ def default_best_metric(task, problem_type: str) -> str:
     return "eval_accuracy"
 
 
+def lower_is_better(metric: str) -> bool:
+    """Losses are minimized, every other metric maximized."""
+    return metric.endswith("loss")
+
+
+def metric_value(metrics: dict, metric: str) -> float:
+    """`metric` of an evaluation's metrics; a clear error if this task's evaluation has no such metric."""
+    if metric not in metrics:
+        raise FlaxftError(f"checkpoint.best_metric={metric} is not an evaluation metric of this task; "
+                          f"use one of {', '.join(sorted(metrics))}")
+    return metrics[metric]
+
+
 def abstract(tree):
     """Shape, dtype and sharding of every leaf: the restore target for the current mesh."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
@@ -106,7 +119,7 @@ class Checkpoints:
         policies: list = [pp.LatestN(keep)]
         best = {}
         if best_metric:
-            mode = "min" if best_metric.endswith("loss") else "max"
+            mode = "min" if lower_is_better(best_metric) else "max"
             get = lambda m: m[best_metric]  # noqa: E731
             policies.append(pp.BestN(get_metric_fn=get, reverse=mode == "min", n=1,
                                      keep_checkpoints_without_metrics=False))
@@ -146,9 +159,8 @@ class Checkpoints:
             raise RuntimeError(f"internal error: the checkpoints in '{self.directory}' were opened read-only")
         if step in self.steps():
             return False  # already saved (e.g. the last step of a run being rerun)
-        if metrics and self.best_metric and self.best_metric not in metrics:
-            raise FlaxftError(f"checkpoint.best_metric={self.best_metric} is not an evaluation metric of this task; "
-                              f"use one of {', '.join(sorted(metrics))}")
+        if metrics and self.best_metric:
+            metric_value(metrics, self.best_metric)  # Orbax's best-checkpoint policy needs it
         params, rest = split_state(state)
         args = ocp.args.Composite(params=ocp.args.PyTreeSave(params), train=ocp.args.PyTreeSave(rest),
                                   meta=ocp.args.JsonSave(meta))

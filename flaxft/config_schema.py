@@ -84,6 +84,12 @@ class TrainConfig:
                                       "(jax.random's default).")
     dtype: str = _field("float32", "Activation/matmul dtype: float32 or bfloat16 (weights stay float32).")
     eval_every_steps: Optional[int] = _field(None, "Also evaluate every N steps (always at each epoch end).")
+    early_stopping_patience: Optional[int] = _field(
+        None, "Stop after N evaluations in a row without an improvement of checkpoint.best_metric by more than "
+              "early_stopping_threshold (transformers' EarlyStoppingCallback rule), then export as at the end; a grid "
+              "watches the best learning rate's mean over seeds, the value that picks its best checkpoint (null: off).")
+    early_stopping_threshold: float = _field(0.0, "Early stopping: an evaluation resets the patience count only if it "
+                                                  "beats the best value so far by more than this (absolute).")
     log_every_steps: int = _field(10, "Sync and log training loss every N steps.")
     prefetch: int = _field(2, "Batches prepared ahead on a background thread and put on the devices.")
     compilation_cache: Optional[str] = _field(
@@ -206,6 +212,10 @@ def validate(cfg: Config) -> None:
     need(0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)")
     need(t.log_every_steps >= 1, "train.log_every_steps must be >= 1")
     need(t.eval_every_steps is None or t.eval_every_steps >= 1, "train.eval_every_steps must be >= 1 or null")
+    need(t.early_stopping_patience is None or t.early_stopping_patience >= 1,
+         f"train.early_stopping_patience={t.early_stopping_patience} must be >= 1 (or null: no early stopping)")
+    need(t.early_stopping_threshold >= 0,
+         f"train.early_stopping_threshold={t.early_stopping_threshold} must be >= 0 (an absolute improvement)")
     need(t.dtype in ("float32", "bfloat16"), f"train.dtype='{t.dtype}' is not supported; use float32 or bfloat16")
     need(t.dropout_rng in ("hash", "threefry"), f"train.dropout_rng='{t.dropout_rng}' is not supported; use hash or threefry")
     need(t.prefetch >= 1, "train.prefetch must be >= 1")

@@ -89,18 +89,24 @@ def _start(trainer, step: int) -> None:
 
 
 def train(trainer) -> dict:
-    """Train `trainer`'s run to the end (or until SIGTERM), checkpointing on the way; returns the summary.
+    """Train `trainer`'s run to the end (or until SIGTERM, or until early stopping), checkpointing on the way;
+    returns the summary.
 
     After SIGTERM it saves a checkpoint at the next step boundary and returns
     {"preempted": True, "global_step": N} without a summary.json: rerunning continues the run.
+    Early stopping saves a checkpoint that says so, then ends as the last step does; a rerun trains no further.
     """
     from tqdm.auto import tqdm
 
     t, c = trainer.config.train, trainer.config.checkpoint
     step, total, spe = trainer.global_step, trainer.total_steps, trainer.steps_per_epoch
     done = trainer.setup.output_dir / "summary.json"
-    if step == total and done.is_file():
+    if trainer.stopped_early:
+        log.info("this run already stopped early at step %d (train.early_stopping_patience); not training further",
+                 step)
+    elif step == total and done.is_file():
         log.info("this run had already finished (%s); nothing to do", done)
+    if (step == total or trainer.stopped_early) and done.is_file():
         return json.loads(done.read_text(encoding="utf-8"))
     _start(trainer, step)
     train_step = functools.partial(trainer.compiled.train, optimizer=trainer.optimizer, learning_rate=t.learning_rate,
@@ -111,7 +117,7 @@ def train(trainer) -> dict:
     first_step_seconds, pending, eval_metrics, preempted, diverged = None, [], {}, False, set()
     try:
         with CompileCounter() as compiles, PreemptionGuard() as sigterm:
-            for epoch, b, batch in _batches(trainer, step):
+            for epoch, b, batch in () if trainer.stopped_early else _batches(trainer, step):
                 execute = train_step(trainer.state, b.num_rows, b.length, trainer.plan.slots)
                 trainer.state, m = execute(trainer.state, batch)
                 pending.append(m)
@@ -127,16 +133,23 @@ def train(trainer) -> dict:
                     pending = []
                 end_of_epoch = itstime(step, spe)
                 evaluated = end_of_epoch or itstime(step, t.eval_every_steps, total)
+                stopping = False
                 if evaluated:
                     with tally.pause():  # evaluation time is not training time
                         eval_metrics = trainer.evaluate_and_log(step, epoch + 1, writer)
+                    stopping = trainer.early_stop(step, eval_metrics)
+                if stopping and pending:  # the last losses, as the last step logs them
+                    _log_train(trainer, step, epoch, pending, writer, bar, tally.examples / tally.train_seconds(),
+                               diverged)
+                    pending = []
                 preempted = step < total and (sigterm.requested or trainer.checkpoints.reached_preemption(step))
                 if preempted:
                     log.warning("preemption notice (SIGTERM): saving a checkpoint at step %d, then stopping", step)
-                if end_of_epoch or preempted or itstime(step, c.every_steps, total):
+                # a stopped run's checkpoint says so (a rerun trains no further); a preempted one finishes on rerun
+                if end_of_epoch or preempted or stopping or itstime(step, c.every_steps, total):
                     with tally.pause():  # only the device-to-host copy blocks; the write is in the background
                         trainer.save(step, eval_metrics if evaluated else {})
-                if preempted:
+                if preempted or stopping:
                     break
     finally:
         bar.close()  # ends the bar's line, so an error message starts on its own line

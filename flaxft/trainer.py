@@ -17,6 +17,7 @@ command line does before training (compilation cache, log levels, multi-process 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -29,8 +30,8 @@ import jax
 import numpy as np
 
 from flaxft import grid as grids
-from flaxft import loop, storage
-from flaxft.checkpoint import CHECKPOINTS, Checkpoints, abstract, default_best_metric
+from flaxft import early_stopping, loop, storage
+from flaxft.checkpoint import CHECKPOINTS, Checkpoints, abstract, default_best_metric, lower_is_better, metric_value
 from flaxft.compiled import CompiledSteps
 from flaxft.config import Config
 from flaxft.data.grid_plan import GridPlan
@@ -69,6 +70,10 @@ class Trainer:
         self.config = config
         t, c = config.train, config.checkpoint
         self.setup = s = set_up_run(config, raw)
+        if t.early_stopping_patience is not None and not any(s.data.splits[n].has_labels
+                                                             for n in s.data.raw.eval_splits):
+            raise FlaxftError("train.early_stopping_patience needs a labelled evaluation split to watch; set "
+                              "data.validation_file (or data.path to a GLUE folder with its dev file), or unset it")
         self.grid = grids.Grid.of(t)
         seeds = self.grid.seeds if self.grid else (t.seed,)
         plans = [training_plan(config.data, t, s.data, data_parallel_size(s.mesh), seed) for seed in seeds]
@@ -82,6 +87,8 @@ class Trainer:
                 s.model_config, s.data.raw.num_labels).values()), s.mesh, grids.device_memory_bytes(jax.devices()[0]))
         self.steps_per_epoch = len(self.plan.epoch(0))
         self.total_steps = t.max_steps or math.ceil(t.epochs * self.steps_per_epoch)
+        if t.early_stopping_patience is not None:
+            self._check_early_stopping_can_stop()
         self.optimizer = functools.partial(make_optimizer, t, self.total_steps)
         rates = self.grid.learning_rates if self.grid else (t.learning_rate,)
         self.tx, self.schedule = self.optimizer(rates[0])  # a grid's optimizer state does not depend on the rate
@@ -94,6 +101,7 @@ class Trainer:
         self.evaluator = Evaluator(s, self.compiled, compute_metrics)
         self.meta = run_meta(s, self.plan, self.steps_per_epoch, self.total_steps, self.grid)
         self.checkpoint_seconds = 0.0
+        self.early_stopping = early_stopping.EarlyStopping()
         self.resumed_step = self._resume()
 
     def _initial_params(self, seeds):
@@ -104,6 +112,15 @@ class Trainer:
         if not self.grid:
             return per_seed[0]
         return jax.tree.map(lambda *xs: np.stack([np.asarray(xs[k]) for k in self.grid.seed_index]), *per_seed)
+
+    def _check_early_stopping_can_stop(self) -> None:
+        """Warn when too few evaluations come before the last step for the patience to ever run out."""
+        t, spe, total = self.config.train, self.steps_per_epoch, self.total_steps
+        before_end = sum(loop.itstime(s, spe) or loop.itstime(s, t.eval_every_steps) for s in range(1, total))
+        if before_end <= t.early_stopping_patience:  # the first evaluation sets the best; `patience` more can stop
+            log.warning("train.early_stopping_patience=%d can never stop this run: only %d evaluations come before "
+                        "its last step; set train.eval_every_steps to evaluate more often", t.early_stopping_patience,
+                        before_end)
 
     @property
     def raw(self) -> RawData:
@@ -126,6 +143,12 @@ class Trainer:
         self.state = source.restore(step, self.state)
         log.info("resuming from %s: step %d (epoch %d, batch %d of %d)", source.path(step), self.global_step,
                  meta["epoch"] + 1, meta["batch_in_epoch"], self.steps_per_epoch)
+        saved = early_stopping.EarlyStopping.from_meta(meta.get("early_stopping") or {})
+        if self.config.train.early_stopping_patience is not None:
+            self.early_stopping = saved
+        elif saved.stopped:  # turning early stopping off is how to train a stopped run further
+            log.info("the run had stopped early at step %d; train.early_stopping_patience is null now, so it trains on",
+                     step)
         return self.global_step
 
     # ------------------------------------------------------------------ the Hugging Face Trainer's verbs
@@ -201,6 +224,33 @@ class Trainer:
 
     # ------------------------------------------------------------------ what the loop calls
 
+    def early_stop(self, step: int, metrics: dict) -> bool:
+        """Count the evaluation at `step` for early stopping (see flaxft.early_stopping); whether to stop now.
+
+        Every process computes the same metrics from the same (replicated) logits, so all stop at the same step."""
+        t = self.config.train
+        if t.early_stopping_patience is None:
+            return False
+        value = metric_value(self._checkpoint_metrics(metrics), self.best_metric)
+        state = early_stopping.update(self.early_stopping, value, patience=t.early_stopping_patience,
+                                      threshold=t.early_stopping_threshold,
+                                      greater_is_better=not lower_is_better(self.best_metric))
+        if state.stopped and step == self.total_steps:  # the run ends here anyway: that is not stopping early
+            state = dataclasses.replace(state, stopped=False)
+        self.early_stopping = state
+        if state.stopped:
+            log.info("early stopping at step %d: %s has not improved by more than %g on %.4f in %d evaluations",
+                     step, self.best_metric, t.early_stopping_threshold, state.best, state.patience_counter)
+        return state.stopped
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.early_stopping.stopped
+
+    def _checkpoint_metrics(self, metrics: dict) -> dict:
+        """The metrics that pick the best checkpoint: a grid's are the best learning rate's means over seeds."""
+        return grids.checkpoint_metrics(metrics) if self.grid and metrics else metrics
+
     def evaluate_and_log(self, step: int, epoch: int, writer: RunWriter) -> dict:
         metrics = self.evaluate()
         if metrics and self.grid:
@@ -223,7 +273,9 @@ class Trainer:
         if self.grid and metrics:  # the best step is the best rate's mean; export picks the replica from these
             meta_extra = {"replica_metrics": [{k: v for k, v in r.items() if k.startswith("eval_")}
                                               for r in metrics["replicas"]]}
-            metrics = grids.checkpoint_metrics(metrics)
+        metrics = self._checkpoint_metrics(metrics)
+        if self.config.train.early_stopping_patience is not None:  # with the checkpoint: a resumed run stops alike
+            meta_extra["early_stopping"] = self.early_stopping.to_meta()
         if self.checkpoints.save(step, self.state, {**step_meta(self.meta, step, metrics), **meta_extra}, metrics):
             seconds = time.perf_counter() - start
             self.checkpoint_seconds += seconds

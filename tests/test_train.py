@@ -29,6 +29,7 @@ def test_cli_trains_evaluates_and_reports(tiny_model, toy_data, tmp_path):
                 "compile_seconds", "host_allocator"]:
         assert key in summary
     assert summary["epochs"] == 6 and summary["global_step"] >= 6 * 256 // 16
+    assert summary["stopped_early"] is False and summary["stopped_at_step"] is None
     assert summary["num_devices"] == jax.device_count()
     # every step and eval compiles once per bucket, and nothing else compiles in the loop
     n_buckets = len(summary["buckets"])
