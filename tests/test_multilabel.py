@@ -50,7 +50,7 @@ def test_multi_label_run_learns_predicts_and_exports(minilm_dir, glue_dir, tmp_p
     import transformers
     from sklearn.metrics import f1_score
 
-    train, median = sst2_label_sets(glue_dir, "train", 640)
+    train, median = sst2_label_sets(glue_dir, "train", 384)
     dev, _ = sst2_label_sets(glue_dir, "dev", 200, median)
     with open(tmp_path / "train.jsonl", "w", encoding="utf-8") as f:  # lists of labels
         f.writelines(json.dumps({"sentence": s, "labels": y}) + "\n" for s, y in train)
@@ -61,9 +61,9 @@ def test_multi_label_run_learns_predicts_and_exports(minilm_dir, glue_dir, tmp_p
     out = tmp_path / "run"
     args = ["--config", str(ROOT / "configs/custom.yaml"), f"model.name_or_path={minilm_dir}",
             f"data.train_file={tmp_path / 'train.jsonl'}", f"data.validation_file={tmp_path / 'dev.csv'}",
-            "data.text_columns=[sentence]", "data.label_column=labels", "data.bucket_boundaries=[64]",
-            "train.batch_size=32", "train.epochs=3", "train.learning_rate=1e-4", f"data.cache_dir={tmp_path / 'cache'}",
-            f"output_dir={out}"]
+            "data.text_columns=[sentence]", "data.label_column=labels", "data.max_seq_length=32",
+            "data.bucket_boundaries=[32]", "train.batch_size=32", "train.epochs=2", "train.learning_rate=1e-4",
+            f"data.cache_dir={tmp_path / 'cache'}", f"output_dir={out}"]
     assert run_main(train_main, args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["problem_type"] == "multi_label_classification"
@@ -73,7 +73,7 @@ def test_multi_label_run_learns_predicts_and_exports(minilm_dir, glue_dir, tmp_p
     majority = np.array([[name in y for name in LABELS] for _, y in train]).mean(0) > 0.5  # each label's majority
     baseline = f1_score(truth, np.broadcast_to(majority, truth.shape).astype(np.int64), average="micro")
     print(f"dev micro-F1 {summary['eval_f1_micro']:.4f} vs per-label majority baseline {baseline:.4f}")
-    assert summary["eval_f1_micro"] >= baseline + 0.15
+    assert summary["eval_f1_micro"] >= baseline + 0.25  # baseline: about 0.28 (always "positive" and "short")
 
     # predict: the label set at predict.threshold and every probability; its scores are scikit-learn's
     result = predict(str(out / "export"), file=str(tmp_path / "dev.csv"), output_dir=str(tmp_path / "pred"))["dev"]
@@ -95,7 +95,7 @@ def test_multi_label_run_learns_predicts_and_exports(minilm_dir, glue_dir, tmp_p
     assert [model.config.id2label[i] for i in range(4)] == list(LABELS)
     tokenizer = transformers.AutoTokenizer.from_pretrained(out / "export")
     with torch.no_grad():
-        logits = model(**tokenizer([s for s, _ in dev], padding=True, truncation=True, max_length=128,
+        logits = model(**tokenizer([s for s, _ in dev], padding=True, truncation=True, max_length=32,
                                    return_tensors="pt")).logits.numpy()
     np.testing.assert_allclose(result.logits, logits, atol=1e-4)
     assert run_main(predict_main, ["--model", str(out), "--file", str(tmp_path / "dev.csv"),
