@@ -14,6 +14,19 @@ import yaml
 
 from flaxft.errors import FlaxftError
 
+OPTIMIZERS = ("adamw", "adafactor", "lion", "sgd")
+LR_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
+# train.<key> -> (the train.<choice> it belongs to, the choices that read it): set elsewhere, it is an error
+USED_ONLY_BY = {
+    "num_cycles": ("lr_schedule", ("cosine", "cosine_with_restarts")),
+    "lr_end": ("lr_schedule", ("polynomial",)),
+    "power": ("lr_schedule", ("polynomial",)),
+    "adam_b1": ("optimizer", ("adamw", "lion")),
+    "adam_b2": ("optimizer", ("adamw", "lion")),
+    "adam_eps": ("optimizer", ("adamw",)),
+    "momentum": ("optimizer", ("sgd",)),
+}
+
 
 def _field(default: Any, help: str):
     if isinstance(default, list):
@@ -62,14 +75,32 @@ class TrainConfig:
     max_steps: Optional[int] = _field(None, "Total optimizer steps; overrides epochs when set.")
     batch_size: int = _field(32, "Global batch size (all devices together).")
     eval_batch_size: Optional[int] = _field(None, "Global evaluation batch size (default: batch_size).")
-    learning_rate: Union[float, list[float]] = _field(2e-5, "Peak AdamW learning rate; a list, e.g. [2e-5,3e-5,5e-5], trains "
-                                                            "one replica per rate in the same program (a grid, with train.seeds).")
-    weight_decay: float = _field(0.01, "AdamW weight decay (not applied to biases and LayerNorm).")
-    warmup_ratio: float = _field(0.1, "Fraction of steps with linear warmup (then linear decay to 0).")
+    learning_rate: Union[float, list[float]] = _field(2e-5, "Peak learning rate; a list, e.g. [2e-5,3e-5,5e-5], trains one "
+                                                            "replica per rate in the same program (a grid, with train.seeds).")
+    optimizer: str = _field("adamw", "adamw, adafactor, lion or sgd (optax's). adafactor is HF's Adafactor with an external "
+                                     "rate (scale_parameter=False, relative_step=False: update clipping 1.0, every matrix "
+                                     "factored); lion takes its betas from adam_b1/adam_b2 (the paper's are 0.9/0.99) and "
+                                     "usually a rate 3-10x below AdamW's; sgd uses train.momentum.")
+    weight_decay: float = _field(0.01, "Weight decay times the scheduled rate, in every optimizer (decoupled in adamw, lion "
+                                       "and adafactor; added to the gradient in sgd, as torch's); not applied to biases "
+                                       "and LayerNorm.")
+    lr_schedule: str = _field("linear", "Hugging Face's schedule (transformers.get_scheduler), after the warmup: linear (to 0), "
+                                        "cosine, cosine_with_restarts, polynomial, constant_with_warmup, inverse_sqrt "
+                                        "(timescale: the warmup steps, or 10000 without warmup) or constant (which ignores "
+                                        "warmup, as HF's does).")
+    warmup_ratio: float = _field(0.1, "Fraction of steps with linear warmup from 0 to the peak rate.")
     warmup_steps: Optional[int] = _field(None, "Warmup steps; overrides warmup_ratio when set.")
-    adam_b1: float = _field(0.9, "AdamW beta1.")
-    adam_b2: float = _field(0.999, "AdamW beta2.")
+    num_cycles: Optional[float] = _field(None, "cosine: waves over the decay (null: 0.5, a half wave down to 0); "
+                                               "cosine_with_restarts: cycles, each from the peak to 0 (null: 1).")
+    lr_end: float = _field(1e-7, "polynomial: the rate at the last step (below every learning rate).")
+    power: float = _field(1.0, "polynomial: the power of the decay (1: linear).")
+    adam_b1: float = _field(0.9, "AdamW beta1 (lion's too).")
+    adam_b2: float = _field(0.999, "AdamW beta2 (lion's too).")
     adam_eps: float = _field(1e-8, "AdamW epsilon.")
+    momentum: float = _field(0.9, "sgd: momentum (0: none).")
+    layer_lr_decay: Optional[float] = _field(None, "Layer-wise rate decay in (0, 1] (null: off): the head and anything above "
+                                                   "the last layer get the rate, encoder layer i of n rate x decay^(n-i), the "
+                                                   "embeddings and tables all layers share rate x decay^(n+1).")
     max_grad_norm: float = _field(1.0, "Clip gradients to this global norm (0 disables).")
     label_smoothing: float = _field(0.0, "Classification: label smoothing of the cross-entropy, as "
                                          "torch.nn.CrossEntropyLoss(label_smoothing=...).")
@@ -210,6 +241,7 @@ def validate(cfg: Config) -> None:
     need(t.seeds is None or (len(t.seeds) > 0 and len(set(t.seeds)) == len(t.seeds)),
          f"train.seeds={t.seeds} must list distinct seeds, e.g. [42,43,44], or be null")
     need(0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)")
+    _validate_optimizer(t, rates, need)
     need(t.log_every_steps >= 1, "train.log_every_steps must be >= 1")
     need(t.eval_every_steps is None or t.eval_every_steps >= 1, "train.eval_every_steps must be >= 1 or null")
     need(t.early_stopping_patience is None or t.early_stopping_patience >= 1,
@@ -240,6 +272,33 @@ def validate(cfg: Config) -> None:
     replicas = len(t.seeds or [t.seed]) * len(rates)
     need(cfg.mesh.replica in (1, -1) or replicas % cfg.mesh.replica == 0,
          f"mesh.replica={cfg.mesh.replica} must divide the grid's {replicas} replicas (train.seeds x learning rates)")
+
+
+def _validate_optimizer(t: TrainConfig, rates: list, need) -> None:
+    """The optimizer, the schedule and the keys only some of them read."""
+    need(t.optimizer in OPTIMIZERS, f"train.optimizer='{t.optimizer}' is not supported; use one of {', '.join(OPTIMIZERS)}")
+    need(t.lr_schedule in LR_SCHEDULES,
+         f"train.lr_schedule='{t.lr_schedule}' is not supported; use one of {', '.join(LR_SCHEDULES)}")
+    defaults = {f.name: _default(f) for f in dataclasses.fields(TrainConfig)}
+    for key, (kind, readers) in USED_ONLY_BY.items():
+        value, choice = getattr(t, key), getattr(t, kind)
+        need(value == defaults[key] or choice in readers,
+             f"train.{key}={value} has no effect with train.{kind}={choice}; unset it, or use train.{kind}="
+             f"{' or '.join(readers)}")
+    warmup_set = bool(t.warmup_steps) or t.warmup_ratio not in (0.0, defaults["warmup_ratio"])
+    need(t.lr_schedule != "constant" or not warmup_set,
+         "train.lr_schedule=constant ignores warmup (as Hugging Face's does); use constant_with_warmup, "
+         "or unset train.warmup_steps and train.warmup_ratio")
+    need(t.warmup_steps is None or t.warmup_steps >= 0, "train.warmup_steps must be >= 0 (or null to use warmup_ratio)")
+    need(t.num_cycles is None or t.num_cycles > 0, f"train.num_cycles={t.num_cycles} must be > 0 (or null: HF's default)")
+    need(t.power > 0, f"train.power={t.power} must be > 0")
+    need(t.lr_end >= 0, f"train.lr_end={t.lr_end} must be >= 0")
+    need(t.lr_schedule != "polynomial" or t.lr_end < min(rates),
+         f"train.lr_end={t.lr_end} must be below train.learning_rate={t.learning_rate} (polynomial decays from the "
+         "peak to lr_end)")
+    need(0 <= t.momentum < 1, f"train.momentum={t.momentum} must be in [0, 1)")
+    need(t.layer_lr_decay is None or 0 < t.layer_lr_decay <= 1,
+         f"train.layer_lr_decay={t.layer_lr_decay} must be in (0, 1] (1: every layer at the full rate), or null for off")
 
 
 def _default(f: dataclasses.Field):

@@ -37,6 +37,9 @@ PARAM_RULES: list[tuple[str, P]] = [
     (r"mlp/output/kernel$", P("tensor", "fsdp")),
     (r".*", P()),
 ]
+# Tried before a family's rules: optimizer state that does not have its parameter's shape. Adafactor's
+# factored second moments (a row and a column vector per matrix, (1,) for the others) are small: replicated.
+STATE_RULES: list[tuple[str, P]] = [(r"(^|/)v_(row|col)/", P())]
 
 
 def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
@@ -96,9 +99,9 @@ def _log_dropped(pattern: str, axis: str, size: int, dim: int) -> None:
 
 
 def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh, rules=()) -> P:
-    """The first matching rule's spec for this leaf (`rules`, then PARAM_RULES), dropping axes that don't
-    divide the dimension evenly (logged once per rule)."""
-    for pattern, spec in (*rules, *PARAM_RULES):
+    """The first matching rule's spec for this leaf (STATE_RULES, `rules`, then PARAM_RULES), dropping axes that
+    don't divide the dimension evenly (logged once per rule)."""
+    for pattern, spec in (*STATE_RULES, *rules, *PARAM_RULES):
         if re.search(pattern, path):
             break
     if len(spec) > len(shape):

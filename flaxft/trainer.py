@@ -3,7 +3,7 @@ of a run that each live in a module of their own:
 
     run_setup   the mesh, the model (family, config, module), the data (tokenized splits, buckets)
     data.prepare  the training plan: length buckets or packed rows
-    optim       AdamW with warmup and decay
+    optim       the optimizer (adamw, adafactor, lion, sgd) under a learning-rate schedule (schedules)
     compiled    state placed on the mesh; train/eval steps compiled once per batch shape
     resume      what checkpoints record, whether one fits, which step to continue from
     loop        the train loop (logging, evaluation, checkpoints, preemption, summary)
