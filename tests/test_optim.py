@@ -22,6 +22,7 @@ from flaxft.config_schema import LR_SCHEDULES, OPTIMIZERS
 from flaxft.errors import FlaxftError
 from flaxft.grid import Grid
 from flaxft.model import build, config_from_hf, param_shapes
+from flaxft.losses import Objective
 from flaxft.optim import make_optimizer
 from flaxft.parallel import make_mesh, put_batch
 from flaxft.resume import MUST_MATCH, check_compatible
@@ -180,7 +181,7 @@ def test_each_optimizer_trains_a_sharded_grid(name):
     cfg = TrainConfig(optimizer=name, warmup_steps=2, **{**TRAIN_CASES[name], "learning_rate": [peak, peak / 2]})
     grid = Grid.of(cfg)
     optimizer = functools.partial(make_optimizer, cfg, steps)
-    compiled = CompiledSteps(make_mesh(MeshConfig(data=2, fsdp=2, tensor=2)), build(TINY, 2), is_regression=False,
+    compiled = CompiledSteps(make_mesh(MeshConfig(data=2, fsdp=2, tensor=2)), build(TINY, 2), objective=Objective(),
                              token_type_ids=True, grid=grid)
     params = jax.tree.map(lambda x: np.stack([x, x]), random_params(TINY))
     state = compiled.place(params, optimizer(peak)[0], seed=0)
