@@ -166,8 +166,34 @@ class Embeddings(nn.Module):
         return nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
 
 
+class DenseParams(nn.Module):
+    """The kernel (and bias) of a Dense layer, under the layer's own name, without applying it."""
+
+    features: int
+    use_bias: bool
+    config: ModernBertConfig
+
+    @nn.compact
+    def __call__(self, in_features: int):
+        kernel = self.param("kernel", nn.initializers.normal(self.config.initializer_range),
+                            (in_features, self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32) if self.use_bias else None
+        return kernel, bias
+
+
+def stacked_dense(module: nn.Module, names: tuple[str, ...], features: int, use_bias: bool, x, dtype):
+    """Dense layers `names` of the same input as one matmul: [B, L, len(names), features]. transformers fuses
+    them as ModernBERT's Wqkv and Wi; here each keeps its own parameters (checkpoints, partition rules) and the
+    matmul reads them stacked, so the backward pass computes x's gradient once instead of summing one per layer."""
+    params = [DenseParams(features, use_bias, module.config, name=name, parent=module)(x.shape[-1]) for name in names]
+    kernel = jnp.stack([k for k, _ in params], axis=1).astype(dtype)  # [in, n, features]
+    y = jnp.einsum("bli,inf->blnf", x.astype(dtype), kernel)
+    return y + jnp.stack([b for _, b in params]).astype(dtype) if use_bias else y
+
+
 class Attention(nn.Module):
-    """Multi-head attention of `queries` over x, with rotary positions and the output projection."""
+    """Multi-head attention of `queries` over x (queries None: every row of x), with rotary positions and the
+    output projection."""
 
     config: ModernBertConfig
     dtype: Dtype = jnp.float32
@@ -178,9 +204,9 @@ class Attention(nn.Module):
         heads = cfg.num_heads
         head_dim = cfg.hidden_size // heads
 
-        def project(name, y):  # [B, n, hidden] -> [B, n, heads, head_dim]
-            y = dense(cfg.hidden_size, cfg, self.dtype, name, use_bias=cfg.attention_bias)(y)
-            return y.reshape(*y.shape[:-1], heads, head_dim)
+        def projections(names, y):  # [B, n, hidden] -> one [B, n, heads, head_dim] per name
+            y = stacked_dense(self, names, cfg.hidden_size, cfg.attention_bias, y, self.dtype)
+            return [y[:, :, i].reshape(*y.shape[:2], heads, head_dim) for i in range(len(names))]
 
         def attend(q, k, v, mask, scores_spec: str, output_spec: str):
             # Scores and softmax in float32 so bf16 runs stay stable.
@@ -189,9 +215,11 @@ class Attention(nn.Module):
             probs = nn.Dropout(cfg.attention_dropout)(jax.nn.softmax(scores, axis=-1), deterministic=deterministic)
             return jnp.einsum(output_spec, probs.astype(self.dtype), v)
 
-        q = rotate(project("query", queries), rope_queries)
-        k = rotate(project("key", x), rope_keys)
-        v = project("value", x)
+        if queries is None:
+            q, k, v = projections(("query", "key", "value"), x)
+        else:  # the last layer's [CLS] rows
+            (q,), (k, v) = projections(("query",), queries), projections(("key", "value"), x)
+        q, k = rotate(q, rope_queries), rotate(k, rope_keys)
         if isinstance(mask, BandMask):  # each block of queries against its own and its neighbours' keys
             size = mask.block_size
             out = attend(blocks(q, size), neighbourhoods(k, size), neighbourhoods(v, size), mask.mask,
@@ -214,13 +242,10 @@ class GeGLU(nn.Module):
     def __call__(self, x, deterministic: bool):
         cfg = self.config
 
-        def layer(features, name):
-            return dense(features, cfg, self.dtype, name, use_bias=cfg.mlp_bias)
-
-        h = ACTIVATION_FNS[cfg.activation](layer(cfg.intermediate_size, "input")(x)) * layer(
-            cfg.intermediate_size, "gate")(x)
+        h = stacked_dense(self, ("input", "gate"), cfg.intermediate_size, cfg.mlp_bias, x, self.dtype)
+        h = ACTIVATION_FNS[cfg.activation](h[:, :, 0]) * h[:, :, 1]
         h = nn.Dropout(cfg.mlp_dropout)(h, deterministic=deterministic)
-        return layer(cfg.hidden_size, "output")(h)
+        return dense(cfg.hidden_size, cfg, self.dtype, "output", use_bias=cfg.mlp_bias)(h)
 
 
 class PreNormLayer(nn.Module):
@@ -236,7 +261,7 @@ class PreNormLayer(nn.Module):
         cfg = self.config
         norm = (lambda y: y) if self.first else layer_norm(cfg, self.dtype, "attention_norm", cfg.norm_bias)
         h = queries + Attention(cfg, self.dtype, name="attention")(
-            norm(x), norm(queries), mask, rope_keys, rope_queries, deterministic)
+            norm(x), None if queries is x else norm(queries), mask, rope_keys, rope_queries, deterministic)
         mlp_in = layer_norm(cfg, self.dtype, "mlp_norm", cfg.norm_bias)(h)
         return h + GeGLU(cfg, self.dtype, name="mlp")(mlp_in, deterministic)
 
