@@ -28,8 +28,9 @@ from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from flaxft import storage
-from flaxft.losses import MULTI_LABEL, REGRESSION
 from flaxft.errors import FlaxftError
+from flaxft.losses import MULTI_LABEL, REGRESSION
+from flaxft.metrics import lower_is_better
 
 log = logging.getLogger("flaxft")
 
@@ -60,11 +61,6 @@ def default_best_metric(task, problem_type: str) -> str:
     if task is not None and task.metric == "cola":
         return "eval_matthews_correlation"
     return "eval_accuracy"
-
-
-def lower_is_better(metric: str) -> bool:
-    """Losses are minimized, every other metric maximized."""
-    return metric.endswith("loss")
 
 
 def metric_value(metrics: dict, metric: str) -> float:

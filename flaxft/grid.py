@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 
 from flaxft.errors import FlaxftError
+from flaxft.metrics import lower_is_better
 
 STATS = ("mean", "std", "median", "min", "max")
 
@@ -76,7 +77,7 @@ def aggregate(grid: Grid, per_replica: list[dict[str, float]], main_metric: str)
         by_lr[f"{lr:g}"] = {"learning_rate": lr, "seeds": [r["seed"] for r in rows],
                             **{f"{k}_{stat}": _stat(stat, [r[k] for r in rows])
                                for k in per_replica[0] for stat in STATS}}
-    sign = 1 if main_metric.endswith("loss") else -1
+    sign = 1 if lower_is_better(main_metric) else -1
     best = min(by_lr.values(), key=lambda v: sign * v[f"{main_metric}_mean"])
     top = {f"{k}_{stat}": best[f"{k}_{stat}"] for k in per_replica[0] for stat in ("mean", "std")}
     return {**top, "best_learning_rate": best["learning_rate"], "by_learning_rate": by_lr, "replicas": replicas}
@@ -97,7 +98,7 @@ def checkpoint_metrics(result: dict) -> dict[str, float]:
 def best_replica(grid: Grid, per_replica: list[dict[str, float]], metric: str) -> int:
     """The replica with the best `metric` (eval_loss: the lowest); ties go to the first."""
     values = np.asarray([m[metric] for m in per_replica])
-    return int(np.argmin(values) if metric.endswith("loss") else np.argmax(values))
+    return int(np.argmin(values) if lower_is_better(metric) else np.argmax(values))
 
 
 def table(result: dict) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 
 from flaxft import grid as grids
 from flaxft import early_stopping, loop, storage
-from flaxft.checkpoint import CHECKPOINTS, Checkpoints, abstract, default_best_metric, lower_is_better, metric_value
+from flaxft.checkpoint import CHECKPOINTS, Checkpoints, abstract, default_best_metric, metric_value
 from flaxft.compiled import CompiledSteps
 from flaxft.config import Config
 from flaxft.data.grid_plan import GridPlan
@@ -40,6 +40,7 @@ from flaxft.data.sources import RawData
 from flaxft.evaluation import EvalPrediction, Evaluator, PredictionOutput
 from flaxft.export import EXPORT, export_model
 from flaxft.errors import FlaxftError
+from flaxft.metrics import lower_is_better
 from flaxft.model import load_pretrained, param_shapes
 from flaxft.optim import make_optimizer
 from flaxft.parallel import data_parallel_size

@@ -31,6 +31,11 @@ def _known(kind: str) -> str:
     return kind
 
 
+def lower_is_better(metric: str) -> bool:
+    """Losses (eval_loss, eval_hamming_loss) are minimized, every other metric maximized."""
+    return metric.endswith("loss")
+
+
 def load_metric(kind: str):
     """The `evaluate.Metric` for `kind`, built from the shipped module: no Hub lookup, no network."""
     _known(kind)
