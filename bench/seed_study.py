@@ -1,0 +1,224 @@
+"""The accuracy seed study (issue #16): flaxft's batchings against the Hugging Face Trainer, many seeds, run by run.
+
+    python bench/seed_study.py run --model DIR --glue ../shared/data/glue --tasks mrpc rte \
+        --seeds 42 43 44 45 46 47 48 49 --systems packed hf buckets buckets-threefry
+    python bench/seed_study.py report [--tasks mrpc rte] [--markdown]
+
+Every run is one fresh process (bench/flaxft_run.py or bench/hf_trainer.py, the same recipe for every system:
+3 epochs, batch 32, lr 5e-5 unless told) and lands as one JSON file, results/<task>/<system>/seed<N>.json, the
+moment it ends. `run` skips the runs whose file is already there, so a study is extended across sittings by
+running the same command again (with more seeds or systems); runs go seed by seed, so the paired comparison
+grows evenly. `report` prints, per task, each system's mean and standard deviation over its seeds, and its
+per-seed differences from the Trainer on the seeds both have (mean, std, and a 95 % t-interval of the mean).
+
+`import EARLIER.json` files the runs of a bench/compare.py result (same recipe) into the study, marked with
+where they came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "seed_study"
+
+# system -> (script, arguments): every flaxft system names its batching, so a change of defaults changes nothing here
+SYSTEMS = {
+    "hf": ("hf_trainer.py", []),
+    "packed": ("flaxft_run.py", ["--packing"]),
+    "buckets": ("flaxft_run.py", ["--set", "data.packing=false", "train.dropout_rng=hash"]),
+    "buckets-threefry": ("flaxft_run.py", ["--set", "data.packing=false", "train.dropout_rng=threefry"]),
+    "packed-threefry": ("flaxft_run.py", ["--packing", "--set", "train.dropout_rng=threefry"]),
+}
+COMPARE_NAMES = {"flaxft": "buckets", "flaxft-packed": "packed", "hf": "hf"}  # bench/compare.py's system names
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 19: 2.093, 24: 2.064, 29: 2.045}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the study's missing runs")
+    r.add_argument("--model", required=True)
+    r.add_argument("--glue", required=True)
+    r.add_argument("--tasks", nargs="+", default=["mrpc", "rte"])
+    r.add_argument("--seeds", type=int, nargs="+", default=list(range(42, 50)))
+    r.add_argument("--systems", nargs="+", default=["packed", "hf", "buckets", "buckets-threefry"],
+                   choices=list(SYSTEMS))
+    r.add_argument("--epochs", type=float, default=3)
+    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--lr", type=float, default=5e-5)
+    r.add_argument("--workdir", default="/tmp/seed_study", help="logs and flaxft output dirs (deleted per run)")
+    r.add_argument("--results", default=str(RESULTS))
+    r.add_argument("--max-steps", type=int, help="quick check only: results go to --results as well")
+    q = sub.add_parser("report", help="summarise the runs so far")
+    q.add_argument("--results", default=str(RESULTS))
+    q.add_argument("--tasks", nargs="+")
+    q.add_argument("--markdown", action="store_true")
+    i = sub.add_parser("import", help="file a bench/compare.py result's runs into the study")
+    i.add_argument("compare_json")
+    i.add_argument("--results", default=str(RESULTS))
+    i.add_argument("--skip", nargs="*", default=[], metavar="SYSTEM:SEED", help="runs to leave out (to rerun)")
+    return p.parse_args(argv)
+
+
+def run_path(results: pathlib.Path, task: str, system: str, seed: int) -> pathlib.Path:
+    return results / task / system / f"seed{seed}.json"
+
+
+def commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "flaxft", "bench", "configs"], cwd=HERE,
+                           capture_output=True, text=True).stdout.strip()
+    return out.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def run_one(args, task: str, system: str, seed: int, target: pathlib.Path) -> None:
+    script, extra = SYSTEMS[system]
+    work = pathlib.Path(args.workdir) / f"{task}_{system}_seed{seed}"
+    subprocess.run(["rm", "-rf", str(work)], check=True)
+    work.mkdir(parents=True)
+    tmp_json, log = work / "result.json", work / "run.log"
+    cmd = [sys.executable, str(HERE / script), "--task", task, "--model", args.model, "--glue", args.glue,
+           "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+           "--seed", str(seed), "--out", str(tmp_json)]
+    if args.max_steps:
+        cmd += ["--max-steps", str(args.max_steps)]
+    if script == "flaxft_run.py":
+        cmd += ["--output-dir", str(work / "out")]
+    cmd += extra
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    env["BENCH_LAUNCH_TIME"] = repr(time.time())
+    env["JAX_NUM_CPU_DEVICES"] = "1"
+    start = time.time()
+    with open(log, "w") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=HERE.parent).returncode
+    if rc:
+        tail = "".join(log.read_text(errors="replace").splitlines(True)[-15:])
+        sys.exit(f"{task} {system} seed {seed} failed (exit {rc}); last lines of {log}:\n{tail}")
+    result = json.loads(tmp_json.read_text())
+    result.update(study_system=system, commit=commit(), command=" ".join(cmd[1:]),
+                  finished=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), wall_seconds=time.time() - start)
+    result.pop("trained_batches", None)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".json.partial")
+    partial.write_text(json.dumps(result, indent=1) + "\n")
+    partial.replace(target)  # a run is in the study whole or not at all
+    subprocess.run(["rm", "-rf", str(work / "out")], check=False)
+
+
+def run_study(args) -> None:
+    results = pathlib.Path(args.results)
+    todo = [(t, s, seed) for seed in args.seeds for t in args.tasks for s in args.systems
+            if not run_path(results, t, s, seed).exists()]
+    print(f"{len(todo)} runs to go: {todo}", flush=True)
+    for n, (task, system, seed) in enumerate(todo, 1):
+        start = time.time()
+        print(f"[{time.strftime('%H:%M:%S')}] {n}/{len(todo)} {task} {system} seed {seed} ...", flush=True)
+        run_one(args, task, system, seed, run_path(results, task, system, seed))
+        m = json.loads(run_path(results, task, system, seed).read_text())["metrics"]
+        print(f"    {time.time() - start:.0f} s  {m}", flush=True)
+
+
+def import_compare(args) -> None:
+    earlier = json.loads(pathlib.Path(args.compare_json).read_text())
+    a = earlier["args"]
+    if (a["epochs"], a["batch_size"], a["lr"], a.get("max_steps")) != (3, 32, 5e-5, None):
+        sys.exit(f"{args.compare_json}: not the study's recipe (3 epochs, batch 32, lr 5e-5)")
+    results = pathlib.Path(args.results)
+    for name, rows in earlier["results"].items():
+        system = COMPARE_NAMES.get(name)
+        for r in rows if system else []:
+            target = run_path(results, a["task"], system, r["seed"])
+            if f"{system}:{r['seed']}" in args.skip or target.exists():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps({**r, "study_system": system, "imported_from": args.compare_json},
+                                         indent=1) + "\n")
+            print(f"imported {target}")
+
+
+def load(results: pathlib.Path, tasks) -> dict:
+    """{task: {system: {seed: result}}}"""
+    out: dict = {}
+    for f in sorted(results.glob("*/*/seed*.json")):
+        task, system = f.parent.parent.name, f.parent.name
+        if tasks and task not in tasks:
+            continue
+        out.setdefault(task, {}).setdefault(system, {})[int(f.stem[4:])] = json.loads(f.read_text())
+    return out
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else float("nan"))
+
+
+def interval(diffs: list[float]) -> str:
+    if len(diffs) < 2:
+        return "n/a"
+    m, s = mean_std(diffs)
+    t = T95.get(len(diffs) - 1) or T95[max(k for k in T95 if k <= len(diffs) - 1)]
+    h = t * s / math.sqrt(len(diffs))
+    return f"[{m - h:+.2f}, {m + h:+.2f}]"
+
+
+def report(args) -> str:
+    lines = []
+    for task, systems in load(pathlib.Path(args.results), args.tasks).items():
+        metric_keys = list(next(iter(next(iter(systems.values())).values()))["metrics"])
+        hf = systems.get("hf", {})
+        lines += [f"### {task.upper()}", "",
+                  "| system | seeds | " + " | ".join(f"dev {k} mean +- std" for k in metric_keys)
+                  + " | train samples/s | " + " | ".join(f"{k} - HF, paired: mean +- std [95 % CI]" for k in metric_keys)
+                  + " | paired seeds |",
+                  "|---|---|" + "---:|" * (2 * len(metric_keys) + 2)]
+        for system in sorted(systems, key=lambda s: (s != "hf", s)):
+            runs = systems[system]
+            cells = [system, " ".join(str(s) for s in sorted(runs))]
+            for k in metric_keys:
+                m, s = mean_std([100 * r["metrics"][k] for r in runs.values()])
+                cells.append(f"{m:.2f} +- {s:.2f}")
+            cells.append(f"{statistics.mean(r['train_samples_per_second'] for r in runs.values()):.1f}")
+            paired = sorted(set(runs) & set(hf))
+            for k in metric_keys:
+                if system == "hf" or len(paired) < 1:
+                    cells.append("")
+                    continue
+                d = [100 * (runs[s]["metrics"][k] - hf[s]["metrics"][k]) for s in paired]
+                m, s = mean_std(d)
+                cells.append(f"{m:+.2f} +- {s:.2f} {interval(d)}")
+            cells.append("" if system == "hf" else str(len(paired)))
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", f"Per seed ({' / '.join(metric_keys[:2])}):", "",
+                  "| system | " + " | ".join(str(s) for s in sorted({s for r in systems.values() for s in r})) + " |",
+                  "|---|" + "---:|" * len({s for r in systems.values() for s in r})]
+        seeds = sorted({s for r in systems.values() for s in r})
+        for system in sorted(systems, key=lambda s: (s != "hf", s)):
+            runs = systems[system]
+            cells = [system] + [" / ".join(f"{100 * runs[s]['metrics'][k]:.2f}" for k in metric_keys[:2])
+                                if s in runs else "" for s in seeds]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.command == "run":
+        run_study(args)
+    elif args.command == "import":
+        import_compare(args)
+    else:
+        print(report(args))
+
+
+if __name__ == "__main__":
+    main()
