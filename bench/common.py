@@ -17,25 +17,30 @@ def run_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int)
     p.add_argument("--max-eval-samples", type=int)
     p.add_argument("--out", required=True, help="result JSON")
-    p.add_argument("--allocator", choices=["system", "tcmalloc"],
-                   help="host malloc (default: tcmalloc for flaxft, as its commands do; system for the HF Trainer)")
+    p.add_argument("--allocator", choices=["system", "auto", "mimalloc", "tcmalloc"],
+                   help="host malloc (default: auto for flaxft, as its commands do; system for the HF Trainer)")
     return p
 
 
 def run_on_allocator(allocator: str) -> str:
-    """Go on under glibc's malloc ('system') or re-execute this script once with tcmalloc preloaded
-    (flaxft/host_memory.py). Call it before anything heavy is imported; returns the allocator in use."""
-    from flaxft.host_memory import INSTALL_HINT, REEXECUTED, find_tcmalloc, host_allocator, reexec_on_tcmalloc
+    """Go on under glibc's malloc ('system') or re-execute this script once on another malloc: 'auto' is what the
+    flaxft commands pick (flaxft/host_memory.py), 'mimalloc'/'tcmalloc' that library. Call it before anything
+    heavy is imported; returns the allocator in use."""
+    from flaxft.host_memory import REEXECUTED, chosen_library, find_library, host_allocator, reexec_on
 
     current = host_allocator()
-    if allocator == current:
+    if allocator == current or (allocator == "auto" and current != "system"):
         return current
+    if current != "system" or os.environ.get(REEXECUTED):
+        sys.exit(f"--allocator {allocator}, but this process runs on {current}: unset LD_PRELOAD")
     if allocator == "system":
-        sys.exit(f"--allocator system, but this process runs on {current}: unset LD_PRELOAD")
-    library = find_tcmalloc()
-    if library is None or os.environ.get(REEXECUTED):
-        sys.exit(f"--allocator tcmalloc: no loadable tcmalloc on this machine; {INSTALL_HINT}")
+        return current
+    library = chosen_library({}) if allocator == "auto" else find_library(allocator)
+    if library is None:
+        if allocator == "auto":
+            return current
+        sys.exit(f"--allocator {allocator}: no lib{allocator} on this machine")
     try:
-        reexec_on_tcmalloc(library)
+        reexec_on(library)
     except OSError as e:
-        sys.exit(f"--allocator tcmalloc: could not re-execute {sys.orig_argv}: {e}")
+        sys.exit(f"--allocator {allocator}: could not re-execute {sys.orig_argv}: {e}")

@@ -5,8 +5,8 @@
 
 For each seed it runs, each in a fresh process: flaxft with length buckets, flaxft with packed rows
 (data.packing=true), flaxft with every batch padded to 128 (one bucket, what run_flax_glue.py did), and the
-HF Trainer course recipe, on glibc's malloc (hf) and on tcmalloc (hf-tcmalloc), the host allocator the flaxft
-runs use when the machine has it (flaxft/host_memory.py). First it measures the
+HF Trainer course recipe, on glibc's malloc (hf) and on mimalloc (hf-mimalloc; hf-tcmalloc on request), the
+host allocator the flaxft runs use (flaxft/host_memory.py). First it measures the
 matmul peak (bench/roofline.py) for MFU. It prints one markdown table (a row per run and a mean per
 system), the speedup of flaxft over the faster HF variant and the issue's targets, and writes everything
 to --out.
@@ -42,7 +42,8 @@ SYSTEMS = {  # name -> (script, extra arguments)
     "flaxft-packed": ("flaxft_run.py", ["--packing"]),
     "flaxft-fixed128": ("flaxft_run.py", ["--fixed-length", "128"]),
     "hf": ("hf_trainer.py", []),
-    "hf-tcmalloc": ("hf_trainer.py", ["--allocator", "tcmalloc"]),  # the HF side on flaxft's allocator too
+    "hf-mimalloc": ("hf_trainer.py", ["--allocator", "mimalloc"]),  # the HF side on flaxft's allocator too
+    "hf-tcmalloc": ("hf_trainer.py", ["--allocator", "tcmalloc"]),
     "flaxft-baseline": ("flaxft_run.py", []),  # run from --baseline-checkout
 }
 COLUMNS = [("train samples/s", "train_samples_per_second", "{:.1f}"),
@@ -63,7 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
-    p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
+    p.add_argument("--systems", nargs="+", default=["flaxft", "flaxft-packed", "flaxft-fixed128", "hf", "hf-mimalloc"],
+                   choices=list(SYSTEMS))
     p.add_argument("--max-steps", type=int, help="quick check: stop each run after N steps")
     p.add_argument("--max-eval-samples", type=int, help="quick check: score only the first N dev examples")
     p.add_argument("--peak-gflops", type=float, help="skip the matmul measurement and use this float32 peak")
@@ -145,7 +147,7 @@ def table(results: dict[str, list[dict]]) -> str:
 
 def verdict(results: dict[str, list[dict]], quick: bool = False) -> list[str]:
     hfs = {name: mean_row(results[name]) if len(results[name]) > 1 else results[name][0]
-           for name in ("hf", "hf-tcmalloc") if name in results}
+           for name in ("hf", "hf-mimalloc", "hf-tcmalloc") if name in results}
     if not hfs:
         return []
     best = max(hfs, key=lambda name: hfs[name]["train_samples_per_second"])  # the faster HF allocator

@@ -67,7 +67,7 @@ def trained_batches(trainer):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    allocator = run_on_allocator(args.allocator or "tcmalloc")
+    allocator = run_on_allocator(args.allocator or "auto")
     from flaxft.config import load_config
     from flaxft.data.tasks import get_task
 

@@ -11,7 +11,7 @@ OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl ||
   exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 FLAXFT_TCMALLOC=0
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 FLAXFT_MALLOC=system
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/machine.txt"
 python3 -c "import jax, flax, optax, orbax.checkpoint as o, torch, transformers, datasets, sys
 print('python', sys.version.split()[0], 'jax', jax.__version__, jax.devices(), 'flax', flax.__version__,

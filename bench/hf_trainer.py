@@ -135,7 +135,7 @@ def main(argv=None) -> None:
     done = time.time()
 
     result = {
-        "system": "HF Trainer (PyTorch)" + (" + tcmalloc" if allocator == "tcmalloc" else ""),
+        "system": "HF Trainer (PyTorch)" + (f" + {allocator}" if allocator != "system" else ""),
         "task": raw.task.name, "seed": args.seed,
         "epochs": out.global_step / math.ceil(len(train) / args.batch_size), "global_step": out.global_step,
         "batch_size": args.batch_size, "learning_rate": args.lr, "dtype": "bfloat16" if args.bf16 else "float32",

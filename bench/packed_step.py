@@ -26,12 +26,11 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from flaxft.host_memory import find_tcmalloc  # noqa: E402
 
 from common import run_on_allocator  # noqa: E402
 
-if __name__ == "__main__" and find_tcmalloc():
-    run_on_allocator("tcmalloc")  # as flaxft's commands run on CPU (flaxft/host_memory.py)
+if __name__ == "__main__":
+    run_on_allocator("auto")  # as flaxft's commands run on CPU (flaxft/host_memory.py)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

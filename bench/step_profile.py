@@ -69,8 +69,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--length", type=int, default=64)
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--allocator", choices=["system", "tcmalloc"], default="tcmalloc",
-                   help="host malloc (flaxft's commands run on tcmalloc when the machine has it)")
+    p.add_argument("--allocator", choices=["system", "auto", "mimalloc", "tcmalloc"], default="auto",
+                   help="host malloc (auto: what flaxft's commands pick, flaxft/host_memory.py)")
     args = p.parse_args()
     print(f"host malloc: {run_on_allocator(args.allocator)}")
     step, state, data = build_step(args.model, "float32", True, args.batch_size, args.length)

@@ -3,7 +3,7 @@
     python bench/step_time.py --model DIR [--batch-size 32 --length 64 --steps 10] [--allocator system]
 
 Prints one markdown row per configuration: seconds per step, examples/s, and the page faults and kernel CPU
-time per step (the host allocator's share: `--allocator system` vs tcmalloc, see flaxft/host_memory.py),
+time per step (the host allocator's share: `--allocator system` vs mimalloc or tcmalloc, see flaxft/host_memory.py),
 with the same train_step, optimizer and model code as a real run, on one device.
 """
 
@@ -80,8 +80,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--length", type=int, default=64)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--allocator", choices=["system", "tcmalloc"], default="tcmalloc",
-                   help="host malloc (flaxft's commands run on tcmalloc when the machine has it)")
+    p.add_argument("--allocator", choices=["system", "auto", "mimalloc", "tcmalloc"], default="auto",
+                   help="host malloc (auto: what flaxft's commands pick, flaxft/host_memory.py)")
     args = p.parse_args()
     print(f"host malloc: {run_on_allocator(args.allocator)}")
     print(f"| dtype | dropout (train.dropout_rng) | s/step (B={args.batch_size}, L={args.length}) | examples/s "

@@ -31,7 +31,7 @@ from flaxft.errors import FlaxftError
 from flaxft.export import EXPORT, INFO_FILE, read_labels
 from flaxft.losses import MULTI_LABEL, REGRESSION, SINGLE_LABEL
 from flaxft.grid import Grid
-from flaxft.host_memory import preload_tcmalloc
+from flaxft.host_memory import preload_host_malloc
 
 log = logging.getLogger("flaxft")
 
@@ -250,7 +250,7 @@ def main(argv: list[str]) -> int:
 
 
 def cli() -> None:
-    preload_tcmalloc()  # see flaxft/host_memory.py
+    preload_host_malloc()  # see flaxft/host_memory.py
     sys.exit(run_main(main))
 
 

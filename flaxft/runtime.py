@@ -2,8 +2,8 @@
 predicting; in a notebook, call it yourself to get the same behaviour.
 
 Importing any flaxft module, or constructing a Trainer, changes nothing outside flaxft: JAX's config, its
-PRNG registry and the log levels stay as they were. (The tcmalloc re-execution, which must happen before
-JAX starts, is done by the commands' entry points: flaxft.host_memory.preload_tcmalloc.)
+PRNG registry and the log levels stay as they were. (The host malloc re-execution, which must happen before
+JAX starts, is done by the commands' entry points: flaxft.host_memory.preload_host_malloc.)
 """
 
 from __future__ import annotations

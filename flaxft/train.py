@@ -7,7 +7,7 @@ import sys
 
 from flaxft.cli import run_main
 from flaxft.config import help_text, load_config
-from flaxft.host_memory import preload_tcmalloc
+from flaxft.host_memory import preload_host_malloc
 
 USAGE = "python -m flaxft.train --config FILE [key=value ...] [--debug]"
 
@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
 
 def cli() -> None:
     """Entry point of `python -m flaxft.train` and the `flaxft-train` script."""
-    preload_tcmalloc()  # before JAX allocates: see flaxft/host_memory.py
+    preload_host_malloc()  # before JAX allocates: see flaxft/host_memory.py
     sys.exit(run_main(main))
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from flaxft.cli import run_main
 from flaxft.config import load_config
-from flaxft.host_memory import SETTING, find_tcmalloc
+from flaxft.host_memory import SETTING
 from flaxft.train import main as train_main
 from flaxft.trainer import Trainer
 
@@ -119,5 +119,5 @@ def test_second_identical_run_compiles_nothing_new(tiny_model, toy_data, tmp_pat
     assert first["observed_compilations"] == 2 and first["compile_cache_hits"] == 0  # one train + one eval bucket
     assert second["observed_compilations"] == 2 and second["compile_cache_hits"] == 2
     assert second["compile_seconds"] < first["compile_seconds"]
-    # the command re-executed itself onto tcmalloc (flaxft/host_memory.py) when the machine has it
-    assert first["host_allocator"] == ("tcmalloc" if sys.platform.startswith("linux") and find_tcmalloc() else "system")
+    # the command re-executed itself onto mimalloc (pip-installed with flaxft on Linux; flaxft/host_memory.py)
+    assert first["host_allocator"] == ("mimalloc" if sys.platform.startswith("linux") else "system")
