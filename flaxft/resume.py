@@ -21,7 +21,8 @@ log = logging.getLogger("flaxft")
 
 # What the arrays or the data order depend on: a checkpoint that differs in any of these cannot continue this run.
 MUST_MATCH = ("task", "label_names", "num_labels", "train.batch_size", "train.seed", "data.max_seq_length", "buckets",
-              "packing", "train_examples", "steps_per_epoch", "model_config", "grid", "train.optimizer")
+              "packing", "data.group_by_length", "train_examples", "steps_per_epoch", "model_config", "grid",
+              "train.optimizer")
 
 
 def run_meta(setup, plan, steps_per_epoch: int, total_steps: int, grid=None) -> dict:
@@ -49,7 +50,9 @@ def _flat(meta: dict) -> dict:
     train = cfg.get("train", {})
     return {**meta, "train.batch_size": train.get("batch_size"), "train.seed": train.get("seed"),
             "data.max_seq_length": cfg.get("data", {}).get("max_seq_length"),
-            "train.optimizer": train.get("optimizer", "adamw")}  # checkpoints from before the key: adamw
+            # checkpoints from before these keys: adamw, length-grouped batches
+            "train.optimizer": train.get("optimizer", "adamw"),
+            "data.group_by_length": cfg.get("data", {}).get("group_by_length", True)}
 
 
 def check_compatible(saved: dict, ours: dict, where) -> None:

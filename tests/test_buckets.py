@@ -73,3 +73,25 @@ def test_eval_plan_keeps_order_within_buckets():
 def test_too_long_example_is_a_clear_error():
     with pytest.raises(FlaxftError, match="data.bucket_boundaries"):
         buckets.plan_batches(np.array([10, 200]), [64, 128], 2, shuffle=False)
+
+
+def test_random_batches_cover_the_split_and_pad_to_their_longest_example():
+    """data.group_by_length=false: the HF Trainer's random batches, each padded to the smallest bucket that fits."""
+    lengths, bounds = _lengths(1000, seed=4), [32, 64, 96, 128]
+    grouped = buckets.plan_batches(lengths, bounds, 32, shuffle=True, seed=1, epoch=0)
+    plan = buckets.plan_batches(lengths, bounds, 32, shuffle=True, seed=1, epoch=0, group_by_length=False)
+    ids = np.concatenate([b.indices for b in plan])
+    assert sorted(ids[ids != buckets.FILLER].tolist()) == list(range(1000))  # each example once
+    assert all(len(b.indices) == 32 for b in plan) and (ids == buckets.FILLER).sum() == -1000 % 32
+    for b in plan:
+        longest = lengths[b.indices[b.indices != buckets.FILLER]].max()
+        assert b.length == min(x for x in bounds if x >= longest)
+    # batches mix lengths (the grouped plan's never do), so they pad more
+    assert any(np.ptp(buckets.assign(lengths[b.indices[b.indices >= 0]], bounds)) > 0 for b in plan)
+    assert all(np.ptp(buckets.assign(lengths[b.indices[b.indices >= 0]], bounds)) == 0 for b in grouped)
+    assert buckets.padding_efficiency(lengths, plan) < buckets.padding_efficiency(lengths, grouped)
+    # a pure function of (seed, epoch)
+    again = buckets.plan_batches(lengths, bounds, 32, shuffle=True, seed=1, epoch=0, group_by_length=False)
+    assert all((a.indices == b.indices).all() and a.length == b.length for a, b in zip(plan, again))
+    other = buckets.plan_batches(lengths, bounds, 32, shuffle=True, seed=1, epoch=1, group_by_length=False)
+    assert any((a.indices != b.indices).any() for a, b in zip(plan, other))

@@ -211,6 +211,7 @@ def test_corrupt_checkpoint_is_one_clear_line(trained_run, tiny_model, toy_data,
     ("train.batch_size=32", ["train.batch_size=16, not 32", "new output_dir"]),
     ("data.bucket_boundaries=[64]", ["buckets=[48], not [64]"]),
     ("train.optimizer=lion", ["train.optimizer=adamw, not lion"]),
+    ("data.group_by_length=false", ["data.group_by_length=True, not False"]),
 ])
 def test_incompatible_checkpoint_is_one_clear_line(override, words, trained_run, tiny_model, toy_data, tmp_path,
                                                     capsys):

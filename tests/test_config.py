@@ -65,6 +65,18 @@ def test_bad_overrides(override, words):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("overrides, words", [
+    (["data.group_by_length=false", "data.packing=true"], ["data.group_by_length=false", "data.packing=true"]),
+    (["data.group_by_length=false", "train.seeds=[1,2]"], ["grid", "data.packing=true"]),
+    (["data.group_by_length=false", "train.learning_rate=[1e-5,2e-5]"], ["grid"]),
+])
+def test_random_batches_exclude_packing_and_grids(overrides, words):
+    with pytest.raises(FlaxftError) as e:
+        load_config(ROOT / "configs/glue/mrpc.yaml", overrides)
+    assert all(w in str(e.value) for w in words) and "\n" not in str(e.value)
+    assert load_config(ROOT / "configs/glue/mrpc.yaml", ["data.group_by_length=false"]).data.group_by_length is False
+
+
 def test_unknown_key_in_file(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"train": {"epocs": 2}}))
     with pytest.raises(FlaxftError, match="did you mean 'train.epochs'"):

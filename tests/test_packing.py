@@ -143,6 +143,18 @@ def test_packed_training_learns_with_one_train_shape(tiny_model, toy_data, tmp_p
     assert s["train_samples_per_second"] > 0 and s["epochs"] == 10
 
 
+def test_random_padded_batches_learn(tiny_model, toy_data, tmp_path):
+    """data.group_by_length=false (the A/B against packed rows and length-grouped buckets): random batches, each
+    padded to a bucket, train through the same loop."""
+    out = tmp_path / "random"
+    assert run_main(train_main, toy_args(tiny_model, toy_data, out, "data.group_by_length=false",
+                                         "data.bucket_boundaries=[32,64]", "train.epochs=10",
+                                         "checkpoint.export=none")) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["eval_accuracy"] >= 0.9, s
+    assert 1 <= s["train_compilations"] <= 2 and s["epochs"] == 10
+
+
 @pytest.mark.parametrize("task", ["MRPC", "SST-2", "RTE", "CoLA", "STS-B"])
 def test_glue_token_efficiency(task, minilm_dir, glue_dir):
     """Defaults (rows of 128 tokens, 32 slots, batch 32 on the data-parallel devices): >= 0.95."""

@@ -105,16 +105,23 @@ def collate(split: TokenizedSplit, indices: np.ndarray, length: int, pad_id=None
 
 
 def plan_batches(lengths: np.ndarray, boundaries: list[int], batch_size: int, *,
-                 shuffle: bool, seed: int = 0, epoch: int = 0) -> list[BucketBatch]:
+                 shuffle: bool, seed: int = 0, epoch: int = 0, group_by_length: bool = True) -> list[BucketBatch]:
     """Group examples into same-length batches.
 
     shuffle=True (training): members of each bucket are permuted by (seed, epoch) and the order of the
     batches' lengths by the epoch alone, so an epoch is reproducible and resumable from its position, and
     every seed has the same sequence of batch shapes (a grid of seeds stacks them: flaxft.data.grid_plan).
     shuffle=False (evaluation): input order within each bucket, buckets in increasing length.
+    group_by_length=False (training only): random batches of the whole split, as the HF Trainer draws them, each
+    padded to the bucket of its longest example (so its shape, and the order of shapes, depends on the seed).
     """
     bucket_of = assign(lengths, boundaries)
     rng = np.random.default_rng([seed, epoch])
+    if not group_by_length:
+        order = rng.permutation(len(lengths))
+        order = np.concatenate([order, np.full(-len(order) % batch_size, FILLER, dtype=order.dtype)])
+        return [BucketBatch(int(boundaries[bucket_of[rows[rows != FILLER]].max()]), rows)
+                for rows in order.reshape(-1, batch_size)]
     batches = []
     for b, length in enumerate(boundaries):
         members = np.flatnonzero(bucket_of == b)
