@@ -8,6 +8,9 @@ Params are a separate item so that predict and export can restore them alone.
 Crash safety comes from Orbax's commit protocol: a step is written to
 ``<step>.orbax-checkpoint-tmp-<time>/`` and renamed to ``<step>/`` only when complete, so a process
 killed mid-write leaves a temporary folder that is never listed (and is removed at the next start).
+A write that finds the disk full removes its temporary folder and raises one FlaxftError (the earlier
+checkpoints stay the resume point). A step folder damaged later (a file truncated or removed) fails to
+restore with a CorruptCheckpoint error naming the step and what could not be read: see flaxft.resume.
 
 Restoring takes an abstract target whose leaves carry the *current* mesh's shardings
 (``jax.ShapeDtypeStruct(..., sharding=...)``): a checkpoint saved on 8 devices restores onto 1, 4,
@@ -20,6 +23,8 @@ import dataclasses
 import logging
 import pathlib
 import re
+import shutil
+import time
 from typing import Any, Optional
 
 import jax
@@ -31,11 +36,21 @@ from flaxft import storage
 from flaxft.errors import FlaxftError
 from flaxft.losses import MULTI_LABEL, REGRESSION
 from flaxft.metrics import lower_is_better
+from flaxft.monitoring import sigterm_hook
 
 log = logging.getLogger("flaxft")
 
 CHECKPOINTS = "checkpoints"
+DAMAGED = "damaged-checkpoints"  # beside checkpoints/: step folders that could not be restored
 TMP_MARK = ".orbax-checkpoint-tmp"
+
+
+class CorruptCheckpoint(FlaxftError):
+    """A finished checkpoint that cannot be read back (damaged, or saved by a different model)."""
+
+    def __init__(self, message: str, step: int, reason: str):
+        super().__init__(message)
+        self.step, self.reason = step, reason
 
 
 def _type_registry():
@@ -83,6 +98,10 @@ def split_state(state) -> tuple[Any, dict]:
 
 
 def _reason(e: BaseException) -> str:
+    """What went wrong, from the innermost cause: TensorStore's message names the array and file it could not
+    read, where Orbax's wrapper only gives an index."""
+    while e.__cause__ is not None:
+        e = e.__cause__
     text = " ".join(str(e).split()) or type(e).__name__
     return text[:300] + ("..." if len(text) > 300 else "")
 
@@ -129,6 +148,8 @@ class Checkpoints:
         handlers = {name: ocp.PyTreeCheckpointHandler(type_handler_registry=registry) for name in ("params", "train")}
         self._mngr = ocp.CheckpointManager(self.directory, options=options,
                                            item_handlers={**handlers, "meta": ocp.JsonCheckpointHandler()})
+        self._writing: Optional[tuple[int, int]] = None  # (step, bytes in memory) of the write in progress
+        self._failure: Optional[FlaxftError] = None  # a failed write, raised once
 
     # -------------------------------------------------------------- listing
 
@@ -147,6 +168,22 @@ class Checkpoints:
     def path(self, step: int) -> epath.Path:
         return self.directory / str(step)
 
+    def set_aside(self, step: int) -> epath.Path:
+        """Move a damaged step folder out of the checkpoints (kept for inspection, never listed again), so that
+        the run can write that step afresh. Returns where it went."""
+        where = self.directory.parent / DAMAGED / str(step)
+        if jax.process_index() == 0:
+            where.parent.mkdir(parents=True, exist_ok=True)
+            if where.exists():  # damaged twice at one step: keep the newer
+                shutil.rmtree(where) if not storage.is_remote(where) else where.rmtree()
+            self.path(step).rename(where)
+        if jax.process_count() > 1:  # every host lists the steps after the move
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"flaxft set aside {step}")
+        self._mngr.reload()
+        return where
+
     # -------------------------------------------------------------- saving
 
     def save(self, step: int, state, meta: dict, metrics: Optional[dict] = None) -> bool:
@@ -160,11 +197,43 @@ class Checkpoints:
         params, rest = split_state(state)
         args = ocp.args.Composite(params=ocp.args.PyTreeSave(params), train=ocp.args.PyTreeSave(rest),
                                   meta=ocp.args.JsonSave(meta))
-        return self._mngr.save(step, args=args, metrics=metrics or None, force=True)
+        self._check(self._mngr.wait_until_finished)  # the previous write's failure belongs to its own step
+        self._writing = (step, sum(x.nbytes for x in jax.tree.leaves(state)))
+        saved = self._check(lambda: self._mngr.save(step, args=args, metrics=metrics or None, force=True))
+        sigterm_hook("checkpoint")  # (tests: a SIGTERM while the write runs in the background)
+        return saved
 
     def wait(self) -> None:
         """Block until background writes are committed (and old checkpoints removed)."""
-        self._mngr.wait_until_finished()
+        if self._failure is None:  # a failed write was reported once; its step is gone
+            self._check(self._mngr.wait_until_finished)
+
+    def _check(self, write):
+        """Run `write`; a full disk becomes one FlaxftError, after removing the half-written step folder."""
+        try:
+            return write()
+        except Exception as e:  # noqa: BLE001 - Orbax/TensorStore wrap ENOSPC in several kinds
+            if not storage.disk_full(e) or self._writing is None:
+                raise
+            self._failure = self._disk_full(*self._writing)
+            raise self._failure from e
+
+    def _disk_full(self, step: int, in_memory: int) -> FlaxftError:
+        if jax.process_index() == 0 and not storage.is_remote(self.directory):
+            # space back now, not at the next start; writer threads of the failed save may still be finishing
+            for _ in range(50):
+                halves = list(self.directory.glob(f"{step}{TMP_MARK}*"))
+                if not halves:
+                    break
+                for half in halves:
+                    shutil.rmtree(half, ignore_errors=True)
+                time.sleep(0.1)
+        latest = self.latest_step()
+        # what a checkpoint of this run takes on disk: the last one written, else the state's size in memory
+        needed = storage.tree_bytes(self.path(latest)) if latest is not None else in_memory
+        then = (f"then rerun the same command: it resumes from step {latest} ({self.path(latest)})"
+                if latest is not None else "then rerun the same command")
+        return storage.disk_full_error(self.directory, f"the checkpoint of step {step}", needed or in_memory, then)
 
     def close(self) -> None:
         self._mngr.close()
@@ -201,7 +270,8 @@ class Checkpoints:
         except Exception as e:  # noqa: BLE001
             raise self._corrupt(step, e) from None
 
-    def _corrupt(self, step: int, e: BaseException) -> FlaxftError:
-        return FlaxftError(f"checkpoint '{self.path(step)}' cannot be restored ({_reason(e)}); it is corrupt or "
-                           "from a different model: delete that step folder to fall back to an earlier checkpoint, "
-                           "or use a new output_dir")
+    def _corrupt(self, step: int, e: BaseException) -> CorruptCheckpoint:
+        reason = _reason(e)
+        return CorruptCheckpoint(f"checkpoint '{self.path(step)}' cannot be restored ({reason}); it is damaged or "
+                                 "from a different model: delete that step folder to fall back to an earlier "
+                                 "checkpoint, or use a new output_dir", step, reason)

@@ -23,6 +23,7 @@ def run_main(main: Callable[[list[str]], int], argv: list[str] | None = None) ->
     logging.getLogger("flaxft").setLevel(logging.INFO)
     if debug:
         return main(argv)
+    quiet_background_failures()
     try:
         return main(argv)
     except FlaxftError as e:
@@ -35,3 +36,41 @@ def run_main(main: Callable[[list[str]], int], argv: list[str] | None = None) ->
         first = str(e).splitlines()[0] if str(e) else ""
         print(f"flaxft: error: {type(e).__name__}: {first} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+class _BackgroundFailures(logging.Filter):
+    """Drops what Orbax's background threads and event loops print when a checkpoint write or read fails (a full
+    disk, a damaged file): a traceback per array. The failure itself reaches flaxft, which reports it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "asyncio":
+            return "exception was never retrieved" not in record.getMessage()
+        return not (record.name == "absl" and record.exc_info and "orbax" in record.pathname)
+
+
+def quiet_background_failures() -> None:
+    """Without --debug: no traceback from Orbax's writer threads (absl log records), from its event loops' tasks
+    whose errors a failed gather left unread (asyncio), or from TensorStore callbacks into a loop Orbax already
+    closed ("Event loop is closed", unraisable)."""
+    if getattr(sys.unraisablehook, "flaxft", False):  # once per process
+        return
+    for handler in logging.getLogger().handlers:  # on the handlers: absl may replace its logger when imported
+        handler.addFilter(_BackgroundFailures())
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        e = unraisable.exc_value
+        if isinstance(e, RuntimeError) and str(e) == "Event loop is closed" or _from_orbax(unraisable.exc_traceback):
+            return
+        previous(unraisable)
+
+    hook.flaxft = True
+    sys.unraisablehook = hook
+
+
+def _from_orbax(tb) -> bool:
+    while tb is not None:
+        if "orbax" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False

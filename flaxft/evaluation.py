@@ -21,6 +21,7 @@ from flaxft.data.sources import RawData
 from flaxft.errors import FlaxftError
 from flaxft.losses import MULTI_LABEL, REGRESSION
 from flaxft.model import load_pretrained, param_shapes
+from flaxft.resume import newest_intact
 from flaxft.run_setup import RunSetup, set_up_run
 
 
@@ -127,22 +128,26 @@ class Evaluator:
 
 
 class Predictor:
-    """A trained model on new data: a run's checkpoint (`params_from=(Checkpoints, step)`) or an exported
-    Hugging Face folder (config.model.name_or_path). No training split, no optimizer; the trained buckets
-    (plus one more only if the inputs are longer), one ahead-of-time compilation per bucket at most."""
+    """A trained model on new data: a run's checkpoint (`params_from=(Checkpoints, steps)`: the first of `steps`
+    that can be read, see flaxft.resume.newest_intact; `step` says which) or an exported Hugging Face folder
+    (config.model.name_or_path). No training split, no optimizer; the trained buckets (plus one more only if the
+    inputs are longer), one ahead-of-time compilation per bucket at most."""
 
     def __init__(self, config: Config, raw: RawData, *, boundaries: Optional[list[int]] = None,
-                 params_from: Optional[tuple[Checkpoints, int]] = None):
+                 params_from: Optional[tuple[Checkpoints, list[int]]] = None):
         self.setup = s = set_up_run(config, raw, trained_boundaries=boundaries, training=False)
         self.compiled = CompiledSteps(s.mesh, s.module, s.family.partition_rules, objective=s.objective,
                                       token_type_ids=s.family.token_type_ids)
+        self.step: Optional[int] = None  # the checkpoint's step, when params come from a run's checkpoints
         if params_from is None:
             _, params = load_pretrained(s.model_dir, raw.num_labels, rng=jax.random.key(config.train.seed))
             self.params = self.compiled.place(params, seed=config.train.seed).params
         else:
             shapes = traverse_util.unflatten_dict(param_shapes(s.model_config, raw.num_labels))
-            checkpoints, step = params_from
-            self.params = checkpoints.restore_params(step, self.compiled.param_target(shapes))
+            checkpoints, steps = params_from
+            target = self.compiled.param_target(shapes)
+            self.step, self.params = newest_intact(checkpoints, steps, lambda step: checkpoints.restore_params(
+                step, target))
         self.evaluator = Evaluator(s, self.compiled)
 
     @property

@@ -16,7 +16,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import safetensors.numpy
@@ -26,6 +26,7 @@ from flaxft.errors import FlaxftError
 from flaxft.losses import MULTI_LABEL, REGRESSION, SINGLE_LABEL
 from flaxft.model import EncoderConfig, family_of, params_to_state_dict
 from flaxft.model.hf_files import SAFE_WEIGHTS
+from flaxft.monitoring import Preempted, sigterm_hook
 
 EXPORT = "export"
 INFO_FILE = "flaxft.json"
@@ -63,9 +64,10 @@ def read_labels(folder: pathlib.Path) -> tuple[Optional[tuple[str, ...]], str, i
 
 
 def export_model(folder, params, model_config: EncoderConfig, *, label_names, problem_type: str,
-                 tokenizer, info: dict):
+                 tokenizer, info: dict, stop: Optional[Callable[[], bool]] = None):
     """Write `folder` (a local path or gs:// URL), replacing an older export only once the new one is
-    complete. Process 0 writes."""
+    complete. Process 0 writes. `stop()` true after the weights (a SIGTERM) abandons the new folder and raises
+    Preempted; a full disk abandons it too (one FlaxftError): either way the older export stays as it was."""
     if jax.process_count() > 1:  # gather sharded weights to every host; process 0 writes them
         from jax.experimental import multihost_utils
 
@@ -74,27 +76,43 @@ def export_model(folder, params, model_config: EncoderConfig, *, label_names, pr
     if jax.process_index() != 0:
         return folder
     folder = storage.path(folder)
+    stop = stop or (lambda: False)
 
     def write(into: pathlib.Path) -> None:
         into.mkdir(parents=True)
+        sigterm_hook("export")  # (tests: a SIGTERM while the export is written)
         # "format": "pt" is what transformers expects in a safetensors header.
         safetensors.numpy.save_file(state_dict, str(into / SAFE_WEIGHTS), metadata={"format": "pt"})
+        if stop():
+            raise Preempted("during the export")
         (into / "config.json").write_text(json.dumps(hf_config(model_config, label_names, problem_type), indent=2) + "\n")
         tokenizer.save_pretrained(str(into))
         (into / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+    def write_whole(into: pathlib.Path) -> None:
+        needed = sum(v.nbytes for v in state_dict.values())
+        try:
+            with storage.room_for(into.parent, f"the export {folder}", needed):
+                write(into)
+        except BaseException:
+            shutil.rmtree(into, ignore_errors=True)  # never left for a reader (or the disk) to find
+            raise
+        if stop():
+            shutil.rmtree(into, ignore_errors=True)
+            raise Preempted("during the export")
 
     if storage.is_remote(folder):
         # No folder renames on object stores: config.json (what makes a folder a model) goes away first
         # and comes back last, so a reader never takes a half-uploaded folder for a model.
         with tempfile.TemporaryDirectory(prefix="flaxft-export-") as local:
-            write(pathlib.Path(local) / EXPORT)
+            write_whole(pathlib.Path(local) / EXPORT)
             (folder / "config.json").unlink(missing_ok=True)
             storage.upload_tree(pathlib.Path(local) / EXPORT, folder, last=("config.json",))
         return folder
     tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
     for stale in (tmp, old):
         shutil.rmtree(stale, ignore_errors=True)
-    write(pathlib.Path(tmp))
+    write_whole(pathlib.Path(tmp))
     if folder.exists():
         os.replace(folder, old)
     os.replace(tmp, folder)

@@ -7,6 +7,7 @@ the checkpoint being written and closes the log writers.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -22,7 +23,7 @@ from flaxft.data.pipeline import device_batches
 from flaxft.errors import FlaxftError
 from flaxft.grid import table as grid_table
 from flaxft.host_memory import INSTALL_HINT, host_allocator
-from flaxft.monitoring import CompileCounter, PreemptionGuard, Tally
+from flaxft.monitoring import CompileCounter, Preempted, PreemptionGuard, Tally
 from flaxft.reporting import RunWriter, summary, write_json
 from flaxft.resume import trim_metrics_log
 
@@ -93,8 +94,10 @@ def train(trainer) -> dict:
     """Train `trainer`'s run to the end (or until SIGTERM, or until early stopping), checkpointing on the way;
     returns the summary.
 
-    After SIGTERM it saves a checkpoint at the next step boundary and returns
-    {"preempted": True, "global_step": N} without a summary.json: rerunning continues the run.
+    SIGTERM is honoured at the next point where stopping loses nothing: the next step boundary (after the
+    evaluation or checkpoint write it interrupted), where a checkpoint is saved; or, after the last step, before
+    or during the export, which is then abandoned whole. It returns {"preempted": True, "global_step": N} without
+    a summary.json: rerunning continues the run (after the last step: evaluates, exports and summarizes).
     Early stopping saves a checkpoint that says so, then ends as the last step does; a rerun trains no further.
     """
     from tqdm.auto import tqdm
@@ -116,58 +119,82 @@ def train(trainer) -> dict:
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=jax.process_index() != 0,
                dynamic_ncols=True, mininterval=2.0)
     first_step_seconds, pending, eval_metrics, preempted, diverged = None, [], {}, False, set()
-    try:
-        with CompileCounter() as compiles, PreemptionGuard() as sigterm:
-            for epoch, b, batch in () if trainer.stopped_early else _batches(trainer, step):
-                execute = train_step(trainer.state, b.num_rows, b.length, trainer.plan.slots)
-                trainer.state, m = execute(trainer.state, batch)
-                pending.append(m)
-                if first_step_seconds is None:  # one sync, for time-to-first-step (load + compile + step)
-                    jax.block_until_ready(m)
-                    first_step_seconds = tally.train_seconds()
-                tally.add(b)
-                step += 1
-                bar.update(1)
-                if itstime(step, t.log_every_steps, total):
-                    _log_train(trainer, step, epoch, pending, writer, bar, tally.examples / tally.train_seconds(),
-                               diverged)
-                    pending = []
-                end_of_epoch = itstime(step, spe)
-                evaluated = end_of_epoch or itstime(step, t.eval_every_steps, total)
-                stopping = False
-                if evaluated:
-                    with tally.pause():  # evaluation time is not training time
-                        eval_metrics = trainer.evaluate_and_log(step, epoch + 1, writer)
-                    stopping = trainer.early_stop(step, eval_metrics)
-                if stopping and pending:  # the last losses, as the last step logs them
-                    _log_train(trainer, step, epoch, pending, writer, bar, tally.examples / tally.train_seconds(),
-                               diverged)
-                    pending = []
-                preempted = step < total and (sigterm.requested or trainer.checkpoints.reached_preemption(step))
-                if preempted:
-                    log.warning("preemption notice (SIGTERM): saving a checkpoint at step %d, then stopping", step)
-                # a stopped run's checkpoint says so (a rerun trains no further); a preempted one finishes on rerun
-                if end_of_epoch or preempted or stopping or itstime(step, c.every_steps, total):
-                    with tally.pause():  # only the device-to-host copy blocks; the write is in the background
-                        trainer.save(step, eval_metrics if evaluated else {})
-                if preempted or stopping:
-                    break
-    finally:
-        bar.close()  # ends the bar's line, so an error message starts on its own line
-        trainer.checkpoints.wait()  # a checkpoint being written is committed before we stop, whatever happened
-        writer.close()  # buffered metrics (and, for gs://, the staged logs) reach output_dir on every exit path
-    if preempted:
-        log.warning("preempted at step %d; checkpoint saved in %s; rerun the same command to resume",
-                    step, trainer.checkpoints.path(step))
-        return {"preempted": True, "global_step": step}
-    return _finish(trainer, step, eval_metrics, tally, first_step_seconds, compiles)
+    with contextlib.ExitStack() as run:
+        sigterm = run.enter_context(PreemptionGuard())  # up to the end of the export
+        trainer.stop_requested = lambda: sigterm.requested  # the export asks too
+        run.callback(setattr, trainer, "stop_requested", lambda: False)
+        try:
+            with CompileCounter() as compiles:
+                for epoch, b, batch in () if trainer.stopped_early else _batches(trainer, step):
+                    execute = train_step(trainer.state, b.num_rows, b.length, trainer.plan.slots)
+                    trainer.state, m = execute(trainer.state, batch)
+                    pending.append(m)
+                    if first_step_seconds is None:  # one sync, for time-to-first-step (load + compile + step)
+                        jax.block_until_ready(m)
+                        first_step_seconds = tally.train_seconds()
+                    tally.add(b)
+                    step += 1
+                    bar.update(1)
+                    if itstime(step, t.log_every_steps, total):
+                        _log_train(trainer, step, epoch, pending, writer, bar, tally.examples / tally.train_seconds(),
+                                   diverged)
+                        pending = []
+                    end_of_epoch = itstime(step, spe)
+                    evaluated = end_of_epoch or itstime(step, t.eval_every_steps, total)
+                    stopping = False
+                    if evaluated:
+                        with tally.pause():  # evaluation time is not training time
+                            eval_metrics = trainer.evaluate_and_log(step, epoch + 1, writer)
+                        stopping = trainer.early_stop(step, eval_metrics)
+                    if stopping and pending:  # the last losses, as the last step logs them
+                        _log_train(trainer, step, epoch, pending, writer, bar, tally.examples / tally.train_seconds(),
+                                   diverged)
+                        pending = []
+                    preempted = sigterm.requested or trainer.checkpoints.reached_preemption(step)
+                    if preempted:
+                        log.warning("preemption notice (SIGTERM): saving a checkpoint at step %d, then stopping", step)
+                    # a stopped run's checkpoint says so (a rerun trains no further); a preempted one finishes on rerun
+                    if end_of_epoch or preempted or stopping or itstime(step, c.every_steps, total):
+                        with tally.pause():  # only the device-to-host copy blocks; the write is in the background
+                            trainer.save(step, eval_metrics if evaluated else {})
+                    if preempted or stopping:
+                        break
+        except BaseException:
+            _wind_down(trainer, writer, bar, failing=True)
+            raise
+        _wind_down(trainer, writer, bar)
+        try:
+            if not preempted:
+                return _finish(trainer, step, eval_metrics, tally, first_step_seconds, compiles)
+        except Preempted as e:
+            log.warning("preemption notice (SIGTERM) %s: stopping; the export was not written", e)
+    log.warning("preempted at step %d; checkpoint saved in %s; rerun the same command to %s", step,
+                trainer.checkpoints.path(step), "resume" if step < total else "finish (evaluation, export, summary)")
+    return {"preempted": True, "global_step": step}
+
+
+def _wind_down(trainer, writer: RunWriter, bar, failing: bool = False) -> None:
+    """On every exit path: end the bar's line (an error message starts on its own line), commit the checkpoint
+    being written, close the logs (buffered metrics and, for gs://, the staged logs reach output_dir). After an
+    error, a second one from these (say the same full disk) is not allowed to replace the first."""
+    bar.close()
+    for close in (trainer.checkpoints.wait, writer.close):
+        try:
+            close()
+        except Exception:  # noqa: BLE001
+            if not failing:
+                raise
+            log.debug("while stopping after an error", exc_info=True)
 
 
 def _finish(trainer, step: int, eval_metrics: dict, tally: Tally, first_step_seconds, compiles) -> dict:
-    """After the last step: the final metrics (if the loop did not just compute them), export, summary.json."""
+    """After the last step: the final metrics (if the loop did not just compute them), export, summary.json.
+    A SIGTERM before or during the export raises Preempted (the run's last checkpoint is committed)."""
     train_seconds = tally.train_seconds()
     if not eval_metrics and trainer.resumed_step == step:  # stopped after its last checkpoint, before the summary
         eval_metrics = trainer.evaluate()
+    if trainer.stop_requested():
+        raise Preempted("before the export")
     export_dir = trainer.export() if trainer.config.checkpoint.export != "none" else None
     result = summary(trainer, eval_metrics, step, tally, train_seconds, first_step_seconds, compiles, export_dir)
     if jax.process_index() == 0:

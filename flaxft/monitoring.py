@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -69,6 +71,11 @@ class Tally:
             self.paused_seconds += time.perf_counter() - start
 
 
+class Preempted(Exception):
+    """A SIGTERM honoured inside a phase that stops at its own safe point (the export): nothing half-written is
+    left, and a rerun redoes the phase."""
+
+
 class PreemptionGuard:
     """SIGTERM (sent by Cloud TPU before preempting a spot VM) -> a flag the loop reads at step boundaries.
 
@@ -91,3 +98,22 @@ class PreemptionGuard:
     def __exit__(self, *exc):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+
+# A test hook: FLAXFT_TEST_SIGTERM_AT=<point>[:<n>] makes the process send itself SIGTERM the n-th time (default: the
+# first) it passes `point`, so a test can preempt a run during exactly that phase instead of sleeping and hoping.
+TEST_SIGTERM_AT = "FLAXFT_TEST_SIGTERM_AT"
+_passes: collections.Counter = collections.Counter()
+
+
+def sigterm_hook(point: str) -> None:
+    """Mark `point` ("evaluation", "checkpoint" (a write started), "export"); nothing unless FLAXFT_TEST_SIGTERM_AT
+    names it."""
+    wanted = os.environ.get(TEST_SIGTERM_AT)
+    if not wanted:
+        return
+    name, _, n = wanted.partition(":")
+    if name == point:
+        _passes[point] += 1
+        if _passes[point] == int(n or 1):
+            os.kill(os.getpid(), signal.SIGTERM)

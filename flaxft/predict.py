@@ -21,7 +21,7 @@ import sys
 from typing import Optional
 
 from flaxft import storage
-from flaxft.checkpoint import CHECKPOINTS, Checkpoints, default_best_metric
+from flaxft.checkpoint import CHECKPOINTS, Checkpoints, CorruptCheckpoint, default_best_metric
 from flaxft.cli import run_main
 from flaxft.config import Config, load_config
 from flaxft.data.labels import LabelCodec
@@ -49,7 +49,7 @@ class Source:
     """Where the model comes from: its config, what training knew (labels, text columns, buckets), its weights."""
     config: Config
     info: dict
-    params_from: Optional[tuple[Checkpoints, int]]
+    params_from: Optional[tuple[Checkpoints, list[int]]]  # the checkpoints and the steps to try, in order
     description: str
 
 
@@ -92,25 +92,36 @@ def open_model(path: str, overrides: list[str], checkpoint: str = "best") -> Sou
             raise FlaxftError(f"--model: '{p}' is a grid of replicas; predict with its exported best replica "
                               f"(--model {p / EXPORT}, written when checkpoint.export is not none) or with one of "
                               f"{p / EXPORT}/seed-<s>_lr-<lr>/ (checkpoint.export=all)")
-        latest = Checkpoints(p / CHECKPOINTS, read_only=True).latest_step()
-        if latest is None:
+        steps = sorted(Checkpoints(p / CHECKPOINTS, read_only=True).steps(), reverse=True)
+        if not steps:
             raise FlaxftError(f"--model: '{p / CHECKPOINTS}' holds no finished checkpoint; train first")
-        probe = Checkpoints(p / CHECKPOINTS, read_only=True).read_meta(latest)
+        probe = _run_meta(Checkpoints(p / CHECKPOINTS, read_only=True), steps)
         task = get_task(probe["task"]) if probe.get("task") else None  # the default best metric depends on it
         ckpts = Checkpoints(p / CHECKPOINTS, read_only=True,
                             best_metric=cfg.checkpoint.best_metric or default_best_metric(task, problem_type_of(probe)))
+        # the steps to try, in order: a damaged best or latest checkpoint falls back to the newest intact one
         if checkpoint == "best":
-            step = ckpts.best_step() or latest
-        elif checkpoint == "latest":
-            step = latest
-        elif checkpoint.isdigit() and int(checkpoint) in ckpts.steps():
-            step = int(checkpoint)
-        else:
-            raise FlaxftError(f"--checkpoint {checkpoint}: use best, latest or one of the steps {ckpts.steps()}")
-        meta = ckpts.read_meta(step) if step != latest else probe
-        return Source(cfg, meta, (ckpts, step), f"checkpoint {ckpts.path(step)}")
+            best = ckpts.best_step()
+            steps = [best] + [s for s in steps if s != best] if best is not None else steps
+        elif checkpoint.isdigit() and int(checkpoint) in steps:
+            steps = [int(checkpoint)]
+        elif checkpoint != "latest":
+            raise FlaxftError(f"--checkpoint {checkpoint}: use best, latest or one of the steps {sorted(steps)}")
+        return Source(cfg, probe, (ckpts, steps), f"checkpoints in {ckpts.directory}")
     raise FlaxftError(f"--model: '{p}' is neither an exported model (no config.json) nor a flaxft run folder "
                       "(no checkpoints/); give the output_dir of a training run or its export/ folder")
+
+
+def _run_meta(ckpts: Checkpoints, steps: list[int]) -> dict:
+    """What the run's checkpoints all record alike (task, labels, text columns, buckets), from the newest whose meta
+    reads; which checkpoint's weights are used is decided when they are restored (flaxft.evaluation.Predictor)."""
+    for step in steps:
+        try:
+            return ckpts.read_meta(step)
+        except CorruptCheckpoint as e:
+            last = e
+    raise FlaxftError(f"--model: no checkpoint in '{ckpts.directory}' can be read (the newest: {last.reason}); "
+                      "predict with the run's export/ folder, or train again")
 
 
 # ------------------------------------------------------------------ data
@@ -210,8 +221,9 @@ def predict(model: str, *, splits: list[str] = (), file: Optional[str] = None, o
 
         runtime.setup(source.config)
     raw = _file_data(file, source, list(overrides)) if file else _split_data(list(splits), source)
-    log.info("predicting %s with the %s", ", ".join(raw.splits), source.description)
     predictor = Predictor(source.config, raw, boundaries=source.info.get("buckets"), params_from=source.params_from)
+    used = source.description if predictor.step is None else f"checkpoint {source.params_from[0].path(predictor.step)}"
+    log.info("predicting %s with the %s", ", ".join(raw.splits), used)
     p = storage.path(model)
     run_dir = p.parent if p.name == EXPORT and (p.parent / "config.yaml").is_file() else p
     out_dir = storage.path(output_dir) if output_dir else run_dir / "predictions"

@@ -4,6 +4,7 @@ output_dir may be a gs:// URL: the growing files are then written locally and up
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from typing import Any, Optional
@@ -51,8 +52,10 @@ class RunWriter:
         if not self.enabled:
             return
         record = {"step": int(step), **{k: _plain(v) for k, v in event.items()}}
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        line = json.dumps(record) + "\n"
+        with storage.room_for(self._mirror.local, "metrics.jsonl", len(line)):  # a line cut short is dropped on resume
+            self._jsonl.write(line)
+            self._jsonl.flush()
         tb, tags = (self._tb, ("step",)) if run is None else (self._run_writer(run), ("step", "replica", "seed",
                                                                                       "learning_rate"))
         for k, v in record.items():
@@ -78,11 +81,29 @@ class RunWriter:
         self._mirror.sync(force)
 
     def close(self) -> None:
+        """Close every file, even when one fails; a full disk is one FlaxftError."""
         if self.enabled:
-            self._jsonl.close()
-            for tb in (self._tb, *self._runs.values()):
-                tb.close()
-            self._mirror.close()
+            with storage.room_for(self._mirror.local, "metrics.jsonl and TensorBoard events", None):
+                with contextlib.ExitStack() as files:  # closes them all, last registered first
+                    files.callback(self._mirror.close)
+                    for tb in (self._tb, *self._runs.values()):
+                        files.callback(_close_tensorboard, tb)
+                    self._jsonl.close()
+
+
+def _close_tensorboard(tb) -> None:
+    """Close a tensorboardX SummaryWriter. On a full disk, drop what it still buffers: its exit hook would try
+    again and print a traceback after flaxft's one-line error."""
+    writers = list((tb.all_writers or {}).values())
+    try:
+        tb.close()
+    except OSError:
+        for w in writers:
+            events = w.event_writer
+            with contextlib.suppress(Exception):
+                events._ev_writer._py_recordio_writer._writer.close()  # the file: closed even if its flush fails
+            events._closed = True  # tensorboardX's flag: its exit hook then does nothing
+        raise
 
 
 def summary(trainer, eval_metrics: dict, step: int, tally, train_seconds: float, first_step_seconds: Optional[float],

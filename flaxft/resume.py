@@ -1,5 +1,5 @@
 """Where a run continues from: what a checkpoint records beside the arrays, whether a checkpoint fits this
-run, and which checkpoint to restore.
+run, and which checkpoint to restore (the newest that can be read: a damaged one is reported and skipped).
 
 The data position is the step alone: each epoch's plan is a pure function of (seed, epoch) with a fixed
 number of batches, so a checkpoint's step says exactly where in the data the run was.
@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import jax
 
 from flaxft import storage
-from flaxft.checkpoint import Checkpoints, locate
+from flaxft.checkpoint import Checkpoints, CorruptCheckpoint, locate
 from flaxft.errors import FlaxftError
 
 log = logging.getLogger("flaxft")
+T = TypeVar("T")
 
 # What the arrays or the data order depend on: a checkpoint that differs in any of these cannot continue this run.
 MUST_MATCH = ("task", "label_names", "num_labels", "train.batch_size", "train.seed", "data.max_seq_length", "buckets",
@@ -68,20 +69,44 @@ def check_compatible(saved: dict, ours: dict, where) -> None:
                     saved.get("total_steps"), ours["total_steps"])
 
 
-def resume_point(own: Checkpoints, resume_from: Optional[str]) -> Optional[tuple[Checkpoints, int]]:
-    """The run's latest checkpoint; else `resume_from` (a new run from another run's checkpoint: once this run
-    has checkpoints of its own, reruns resume from those); else None."""
-    step = own.latest_step()
-    if step is not None:
-        return own, step
+def resume_point(own: Checkpoints, resume_from: Optional[str]) -> Optional[tuple[Checkpoints, list[int]]]:
+    """The checkpoints to continue from and the steps to try, newest first: the run's own; else `resume_from`'s
+    (a new run from another run's checkpoint: once this run has checkpoints of its own, reruns resume from those;
+    a named step folder is the only step tried); else None."""
+    steps = sorted(own.steps(), reverse=True)
+    if steps:
+        return own, steps
     if not resume_from:
         return None
     directory, step = locate(resume_from)
     source = Checkpoints(directory, read_only=True)
-    step = source.latest_step() if step is None else step
-    if step is None or step not in source.steps():
+    steps = sorted(source.steps(), reverse=True) if step is None else [s for s in source.steps() if s == step]
+    if not steps:
         raise FlaxftError(f"checkpoint.resume_from: no finished checkpoint in '{resume_from}'")
-    return source, step
+    return source, steps
+
+
+def newest_intact(source: Checkpoints, steps: list[int], restore: Callable[[int], T]) -> tuple[int, T]:
+    """(step, restore(step)) for the newest of `steps` (newest first) that restores. Each damaged newer one gets a
+    warning that names it and what could not be read; a run's own damaged checkpoints are moved to
+    damaged-checkpoints/ (kept, never listed again: the run writes those steps afresh). None restores: one error."""
+    damaged: list[CorruptCheckpoint] = []
+    for step in steps:
+        try:
+            result = restore(step)
+        except CorruptCheckpoint as e:
+            damaged.append(e)
+            continue
+        for bad in damaged:
+            moved = "" if source.read_only else f"; moved it to '{source.set_aside(bad.step)}'"
+            log.warning("checkpoint '%s' is damaged (%s)%s; using step %d, the newest intact checkpoint",
+                        source.path(bad.step), bad.reason, moved, step)
+        return step, result
+    if len(damaged) == 1:
+        raise damaged[0]
+    raise FlaxftError(f"no checkpoint in '{source.directory}' can be restored (steps {', '.join(map(str, steps))}; "
+                      f"the newest: {damaged[0].reason}); they are damaged or from a different model: move them "
+                      "away to start over, or use a new output_dir")
 
 
 def trim_metrics_log(output_dir, step: int) -> None:

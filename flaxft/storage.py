@@ -5,11 +5,15 @@ Orbax writes checkpoints to either on its own. Everything else goes through here
   a whole-object upload atomic, a local file is written beside the target and renamed;
 - files that grow (metrics.jsonl, TensorBoard events) are written to a local staging folder and uploaded
   whole by `Mirror.sync()` at log intervals, evaluations and the end (object stores cannot append).
+A full disk (ENOSPC, from Python or TensorStore) becomes one FlaxftError naming the folder and the space the
+write needed (`disk_full_error`); what was half-written is removed.
 gs:// needs gcsfs (`pip install 'flaxft[gcs]'`); tests point it at a local GCS emulator.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import os
@@ -17,7 +21,7 @@ import pathlib
 import shutil
 import tempfile
 import time
-from typing import IO, Union
+from typing import IO, Optional, Union
 
 from etils import epath
 
@@ -58,8 +62,80 @@ def write_text(p: epath.Path, text: str) -> None:
         p.write_text(text, encoding="utf-8")  # an object appears only once its upload completes
         return
     tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    with room_for(p.parent, p.name, len(text.encode("utf-8"))):
+        try:
+            tmp.write_text(text, encoding="utf-8")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     os.replace(tmp, p)
+
+
+# ---------------------------------------------------------------------------------------------- a full disk
+
+
+def disk_full(e: Optional[BaseException]) -> bool:
+    """Whether `e`, or an exception it came from, is a full disk: Python's OSError(ENOSPC), or TensorStore's
+    wording of it inside Orbax's errors."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(e) or "os_error_code='28'" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def free_bytes(p: PathLike) -> Optional[int]:
+    """Free space on the local disk holding `p` (or its nearest existing parent); None for a remote path."""
+    if is_remote(p):
+        return None
+    p = pathlib.Path(p)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def tree_bytes(p: PathLike) -> int:
+    """Bytes of the files under local folder `p` (0 for a remote or missing one)."""
+    if is_remote(p) or not pathlib.Path(p).is_dir():
+        return 0
+    return sum(f.stat().st_size for f in pathlib.Path(p).rglob("*") if f.is_file())
+
+
+def size_text(n: Optional[int]) -> str:
+    if n is None:
+        return "unknown"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def no_space(folder: PathLike, what: str, needed: Optional[int]) -> str:
+    """What a write that found the disk full says: where, what, how much it needed, how much is free."""
+    return (f"no space left on device in '{folder}' writing {what} (it needs about {size_text(needed)}; "
+            f"{size_text(free_bytes(folder))} free)")
+
+
+def disk_full_error(folder: PathLike, what: str, needed: Optional[int], then: str = "") -> FlaxftError:
+    """The one line for a write that found the disk full, with what to do."""
+    then = then or "then rerun the same command: it continues from the last checkpoint"
+    return FlaxftError(f"{no_space(folder, what, needed)}; free up space there or give output_dir a disk with room, "
+                       f"{then}")
+
+
+@contextlib.contextmanager
+def room_for(folder: PathLike, what: str, needed: Optional[int], then: str = ""):
+    """Turn a full disk inside the block into `disk_full_error`; other errors pass through."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - ENOSPC comes as OSError, or wrapped by Orbax/Arrow
+        if not disk_full(e):
+            raise
+        raise disk_full_error(folder, what, needed, then) from e
 
 
 def upload_tree(local: pathlib.Path, remote: epath.Path, last: tuple[str, ...] = (),

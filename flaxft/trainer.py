@@ -42,10 +42,11 @@ from flaxft.export import EXPORT, export_model
 from flaxft.errors import FlaxftError
 from flaxft.metrics import lower_is_better
 from flaxft.model import load_pretrained, param_shapes
+from flaxft.monitoring import sigterm_hook
 from flaxft.optim import make_optimizer
 from flaxft.parallel import data_parallel_size
 from flaxft.reporting import RunWriter
-from flaxft.resume import check_compatible, resume_point, run_meta, step_meta
+from flaxft.resume import check_compatible, newest_intact, resume_point, run_meta, step_meta
 from flaxft.run_setup import set_up_run
 
 log = logging.getLogger("flaxft")
@@ -104,6 +105,7 @@ class Trainer:
         self.meta = run_meta(s, self.plan, self.steps_per_epoch, self.total_steps, self.grid)
         self.checkpoint_seconds = 0.0
         self.early_stopping = early_stopping.EarlyStopping()
+        self.stop_requested: Callable[[], bool] = lambda: False  # train() sets it: whether SIGTERM came
         self.resumed_step = self._resume()
 
     def _initial_params(self, seeds):
@@ -139,10 +141,14 @@ class Trainer:
         found = resume_point(self.checkpoints, self.config.checkpoint.resume_from)
         if found is None:
             return None
-        source, step = found
-        meta = source.read_meta(step)
-        check_compatible(meta, self.meta, source.path(step))
-        self.state = source.restore(step, self.state)
+        source, steps = found
+
+        def restore(step: int):
+            meta = source.read_meta(step)
+            check_compatible(meta, self.meta, source.path(step))  # a different run is an error, not damage
+            return meta, source.restore(step, self.state)
+
+        step, (meta, self.state) = newest_intact(source, steps, restore)
         log.info("resuming from %s: step %d (epoch %d, batch %d of %d)", source.path(step), self.global_step,
                  meta["epoch"] + 1, meta["batch_in_epoch"], self.steps_per_epoch)
         saved = early_stopping.EarlyStopping.from_meta(meta.get("early_stopping") or {})
@@ -208,7 +214,8 @@ class Trainer:
     def _export_one(self, folder, params, info: dict) -> None:
         raw = self.setup.data.raw
         export_model(folder, params, self.setup.model_config, label_names=raw.label_names,
-                     problem_type=raw.problem_type, tokenizer=self.setup.data.tokenizer, info=info)
+                     problem_type=raw.problem_type, tokenizer=self.setup.data.tokenizer, info=info,
+                     stop=self.stop_requested)
 
     def _replica_metrics(self, step: int) -> list[dict]:
         """Each replica's eval metrics at `step`: from its checkpoint, else evaluated now."""
@@ -254,6 +261,7 @@ class Trainer:
         return grids.checkpoint_metrics(metrics) if self.grid and metrics else metrics
 
     def evaluate_and_log(self, step: int, epoch: int, writer: RunWriter) -> dict:
+        sigterm_hook("evaluation")  # (tests: a SIGTERM while the evaluation runs)
         metrics = self.evaluate()
         if metrics and self.grid:
             for i, m in enumerate(metrics["replicas"]):

@@ -198,13 +198,16 @@ def cli_error(args, capsys) -> str:
     return lines[0]
 
 
-def test_corrupt_checkpoint_is_one_clear_line(trained_run, tiny_model, toy_data, tmp_path, capsys):
+def test_corrupt_checkpoints_are_one_clear_line(trained_run, tiny_model, toy_data, tmp_path, capsys):
+    """Every checkpoint corrupt: one line (a damaged newest one alone falls back: tests/test_faults.py)."""
     run = copy_run(trained_run, tmp_path)
-    for f in (run / "checkpoints" / "8" / "params").rglob("*"):
-        if f.is_file() and "manifest" not in f.name and f.suffix != ".json":
-            f.write_bytes(b"garbage")
+    for step in (4, 8):
+        for f in (run / "checkpoints" / str(step) / "params").rglob("*"):
+            if f.is_file() and "manifest" not in f.name and f.suffix != ".json":
+                f.write_bytes(b"garbage")
     line = cli_error(ckpt_args(tiny_model, toy_data, run, "train.max_steps=12"), capsys)
-    assert "checkpoints/8" in line and "cannot be restored" in line, line
+    assert f"no checkpoint in '{run / 'checkpoints'}' can be restored (steps 8, 4;" in line, line
+    assert Checkpoints(run / "checkpoints", read_only=True).steps() == [4, 8]  # nothing moved when none restores
 
 
 @pytest.mark.parametrize("override, words", [

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import logging
 import os
 import pathlib
 from typing import Optional
@@ -12,7 +14,10 @@ from typing import Optional
 import datasets
 import numpy as np
 
+from flaxft import storage
 from flaxft.errors import FlaxftError
+
+log = logging.getLogger("flaxft")
 
 
 def load_tokenizer(folder: str | os.PathLike):
@@ -90,9 +95,19 @@ def tokenize_split(ds: datasets.Dataset, text_columns, tokenizer, max_seq_length
         return {c: enc[c] for c in columns}
 
     features = datasets.Features({c: datasets.List(datasets.Value("int32")) for c in columns})
-    out = ds.map(encode, batched=True, batch_size=2000, remove_columns=ds.column_names, features=features,
-                 cache_file_name=str(cache / f"{key}.arrow"), new_fingerprint=key,
-                 load_from_cache_file=True, desc="tokenizing")
+    tokenize = functools.partial(ds.map, encode, batched=True, batch_size=2000, remove_columns=ds.column_names,
+                                 features=features, new_fingerprint=key, desc="tokenizing")
+    before = set(cache.glob("tmp*"))
+    try:
+        out = tokenize(cache_file_name=str(cache / f"{key}.arrow"), load_from_cache_file=True)
+    except Exception as e:  # noqa: BLE001 - Arrow raises its own OSError kinds
+        if not storage.disk_full(e):
+            raise
+        for partial in set(cache.glob("tmp*")) - before:  # datasets' half-written file (never read, but it takes room)
+            partial.unlink(missing_ok=True)
+        out = tokenize(keep_in_memory=True)  # the cache only saves time
+        log.warning("%s; tokenized in memory instead (free space there or set data.cache_dir to cache it)",
+                    storage.no_space(cache, "the tokenization cache", out.data.nbytes))
     ids = out.data.column("input_ids").combine_chunks()
     labels = np.asarray(ds["label"])
     labels = labels.astype(np.float32) if labels.dtype.kind == "f" else labels.astype(np.int32)
