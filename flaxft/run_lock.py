@@ -296,7 +296,7 @@ def _acquire_for_run(output_dir) -> Optional[RunLock]:
         try:
             lock = RunLock(output_dir)
             lock.acquire()
-        except FlaxftError as e:
+        except Exception as e:  # noqa: BLE001 - whatever stops process 0 must stop the others, not leave them waiting
             lock, refusal = None, e
     refused = int(multihost_utils.broadcast_one_to_all(np.int32(refusal is not None)))
     if refusal is not None:

@@ -22,6 +22,7 @@ from flaxft.run_lock import LOCK, Holder, RunLock
 from flaxft.train import main as train_main
 from tests.conftest import ROOT, ckpt_args
 from tests.test_parallel import _free_port
+from tests.test_storage import gcs  # noqa: F401 - the GCS emulator fixture
 
 ENV = {**os.environ, "JAX_NUM_CPU_DEVICES": "1", "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
 
@@ -204,3 +205,18 @@ def test_unexpected_error_is_one_line_with_its_traceback_in_error_log(tiny_model
     log_text = (out / "error.log").read_text()
     assert "Traceback (most recent call last)" in log_text and "in broken" in log_text and "KeyError" in log_text
     assert not (out / LOCK).exists()
+
+
+def test_a_lock_on_cloud_storage(gcs):
+    """gs:// has no exclusive create: the lock is written whole and read back; a live holder elsewhere refuses."""
+    from etils import epath
+
+    out = f"{gcs}/runs/locked"
+    lock = RunLock(out)
+    lock.acquire()
+    assert RunLock(out).read().is_process(Holder.this_process())
+    lock.release()
+    assert RunLock(out).read() is None
+    (epath.Path(out) / LOCK).write_text(_lock_of(12345, host="worker-7", heartbeat=time.time()).to_json())
+    with pytest.raises(FlaxftError, match="host worker-7, pid 12345"):
+        RunLock(out).acquire()
