@@ -214,7 +214,8 @@ def _out_of_memory_message(trainer, where: str, doing: _Doing, e: Exception) -> 
         if trainer.grid:
             shape += f", {trainer.grid.size} replicas over mesh.replica={s.mesh.shape['replica']}"
         what = f"{doing.phase} the train step for {shape}"
-        levers = [f"lower train.batch_size (now {t.batch_size})", f"raise train.grad_accum_steps (now {t.grad_accum_steps})"]
+        levers = [f"lower train.batch_size (now {t.batch_size})",
+                  f"raise train.grad_accum_steps (now {t.grad_accum_steps})"]
         if not trainer.config.model.remat:
             levers.append("set model.remat=true")
         levers.append(f"lower data.packed_length (now {trainer.plan.length})" if trainer.plan.slots

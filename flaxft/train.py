@@ -22,11 +22,12 @@ def main(argv: list[str]) -> int:
     cfg = load_config(args.config, args.overrides)
     keep_traceback_in(cfg.output_dir)
 
-    from flaxft import run_lock, runtime
-    from flaxft.trainer import Trainer  # heavy imports after the config is known to be valid
+    from flaxft import run_lock, runtime  # heavy imports after the config is known to be valid
 
     runtime.setup(cfg)
     with run_lock.hold(cfg.output_dir):  # before the Trainer reads output_dir's checkpoints: a second run stops here
+        from flaxft.trainer import Trainer
+
         Trainer(cfg).train()
     return 0
 

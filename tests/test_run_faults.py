@@ -50,16 +50,17 @@ def test_second_run_refuses_and_a_killed_runs_lock_is_taken_over(tiny_model, toy
     """A runs; B on the same output_dir refuses in seconds naming A and touching nothing; A is SIGKILLed after a
     checkpoint; C finds A's lock stale, takes it over with a warning and resumes from A's checkpoint."""
     out = tmp_path / "run"
-    first = _train(ckpt_args(tiny_model, toy_data, out, "train.max_steps=100000", "checkpoint.every_steps=2"))
+    args = lambda steps: ckpt_args(tiny_model, toy_data, out, f"train.max_steps={steps}",  # noqa: E731
+                                   "checkpoint.every_steps=2", "checkpoint.export=none")
+    first = _train(args(100000))
     try:
         _wait_for(lambda: (out / LOCK).exists() or first.poll() is not None)
         holder = RunLock(out).read()
         assert holder.pid == first.pid and holder.host == socket.gethostname()
 
         start = time.monotonic()
-        second = subprocess.run([sys.executable, "-m", "flaxft.train", *ckpt_args(
-            tiny_model, toy_data, out, "train.max_steps=100000", "checkpoint.every_steps=2")],
-            env=ENV, capture_output=True, text=True, timeout=300)
+        second = subprocess.run([sys.executable, "-m", "flaxft.train", *args(100000)], env=ENV, capture_output=True,
+                                text=True, timeout=300)
         seconds = time.monotonic() - start
         assert second.returncode == 2, second.stderr[-3000:]
         (line,) = _error_lines(second.stderr)
@@ -77,14 +78,14 @@ def test_second_run_refuses_and_a_killed_runs_lock_is_taken_over(tiny_model, toy
         assert saved and (out / LOCK).exists()
 
         last = saved[-1] + 2
-        third = subprocess.run([sys.executable, "-m", "flaxft.train", *ckpt_args(
-            tiny_model, toy_data, out, f"train.max_steps={last}", "checkpoint.every_steps=2")],
-            env=ENV, capture_output=True, text=True, timeout=300)
+        third = subprocess.run([sys.executable, "-m", "flaxft.train", *args(last)], env=ENV, capture_output=True,
+                               text=True, timeout=300)
     finally:
         first.kill()
         first.wait()
     assert third.returncode == 0, third.stderr[-3000:]
-    assert f"pid {first.pid}" in third.stderr and "no longer running" in third.stderr and "taking it over" in third.stderr
+    for words in (f"pid {first.pid}", "no longer running", "taking it over"):
+        assert words in third.stderr, words
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from_step"] == saved[-1] and summary["global_step"] == last
     assert not (out / LOCK).exists()  # released at the end
