@@ -70,6 +70,9 @@ class DataConfig:
     max_train_samples: Optional[int] = _field(None, "Use only the first N training examples.")
     max_eval_samples: Optional[int] = _field(None, "Use only the first N examples of each evaluation split.")
     cache_dir: Optional[str] = _field(None, "Tokenization cache folder (default ~/.cache/flaxft/tokenized).")
+    skip_bad_rows: bool = _field(False, "Skip training and validation rows that cannot be used (wrong number of fields, not "
+                                        "UTF-8, empty text, missing or malformed label), counted in the log and "
+                                        "summary.json's skipped_rows; false: the first is an error naming its row.")
 
 
 @dataclasses.dataclass

@@ -17,13 +17,14 @@ from typing import Optional
 import jax
 import numpy as np
 
-from flaxft import storage
+from flaxft import run_lock, storage
 from flaxft.checkpoint import CHECKPOINTS
 from flaxft.data.pipeline import device_batches
-from flaxft.errors import FlaxftError
+from flaxft.errors import FlaxftError, first_line, out_of_memory
 from flaxft.grid import table as grid_table
 from flaxft.host_memory import INSTALL_HINT, host_allocator
 from flaxft.monitoring import CompileCounter, Preempted, PreemptionGuard, Tally
+from flaxft.parallel import data_parallel_size
 from flaxft.reporting import RunWriter, summary, write_json
 from flaxft.resume import trim_metrics_log
 
@@ -91,6 +92,12 @@ def _start(trainer, step: int) -> None:
 
 
 def train(trainer) -> dict:
+    """`_train` holding output_dir's run lock (see flaxft.run_lock)."""
+    with run_lock.hold(trainer.setup.output_dir):
+        return _train(trainer)
+
+
+def _train(trainer) -> dict:
     """Train `trainer`'s run to the end (or until SIGTERM, or until early stopping), checkpointing on the way;
     returns the summary.
 
@@ -123,15 +130,19 @@ def train(trainer) -> dict:
         sigterm = run.enter_context(PreemptionGuard())  # up to the end of the export
         trainer.stop_requested = lambda: sigterm.requested  # the export asks too
         run.callback(setattr, trainer, "stop_requested", lambda: False)
+        doing = _Doing()
         try:
             with CompileCounter() as compiles:
                 for epoch, b, batch in () if trainer.stopped_early else _batches(trainer, step):
+                    doing.step(b.num_rows, b.length)
                     execute = train_step(trainer.state, b.num_rows, b.length, trainer.plan.slots)
+                    doing.phase = "running"
                     trainer.state, m = execute(trainer.state, batch)
                     pending.append(m)
                     if first_step_seconds is None:  # one sync, for time-to-first-step (load + compile + step)
                         jax.block_until_ready(m)
                         first_step_seconds = tally.train_seconds()
+                        doing.synced()
                     tally.add(b)
                     step += 1
                     bar.update(1)
@@ -139,12 +150,15 @@ def train(trainer) -> dict:
                         _log_train(trainer, step, epoch, pending, writer, bar, tally.examples / tally.train_seconds(),
                                    diverged)
                         pending = []
+                        doing.synced()
                     end_of_epoch = itstime(step, spe)
                     evaluated = end_of_epoch or itstime(step, t.eval_every_steps, total)
                     stopping = False
                     if evaluated:
                         with tally.pause():  # evaluation time is not training time
+                            doing.phase = "evaluating"
                             eval_metrics = trainer.evaluate_and_log(step, epoch + 1, writer)
+                            doing.phase = "running"
                         stopping = trainer.early_stop(step, eval_metrics)
                     if stopping and pending:  # the last losses, as the last step logs them
                         _log_train(trainer, step, epoch, pending, writer, bar, tally.examples / tally.train_seconds(),
@@ -159,9 +173,12 @@ def train(trainer) -> dict:
                             trainer.save(step, eval_metrics if evaluated else {})
                     if preempted or stopping:
                         break
-        except BaseException:
+        except BaseException as e:
             _wind_down(trainer, writer, bar, failing=True)
-            raise
+            where = out_of_memory(e) if isinstance(e, Exception) else None
+            if where is None:
+                raise
+            raise FlaxftError(_out_of_memory_message(trainer, where, doing, e)) from e
         _wind_down(trainer, writer, bar)
         try:
             if not preempted:
@@ -185,6 +202,50 @@ def _wind_down(trainer, writer: RunWriter, bar, failing: bool = False) -> None:
             if not failing:
                 raise
             log.debug("while stopping after an error", exc_info=True)
+
+
+class _Doing:
+    """What the loop was doing, to say so when memory runs out: compiling, running or evaluating, and the
+    largest train batch shape dispatched since the last host sync (a step's error surfaces at a later sync)."""
+
+    def __init__(self):
+        self.phase, self.rows, self.length, self.fresh = "compiling", 0, 0, True
+
+    def step(self, rows: int, length: int) -> None:
+        self.phase = "compiling"  # the step's executable is built (or looked up) first
+        if self.fresh or rows * length > self.rows * self.length:
+            self.rows, self.length, self.fresh = rows, length, False
+
+    def synced(self) -> None:
+        self.fresh = True
+
+
+def _out_of_memory_message(trainer, where: str, doing: _Doing, e: Exception) -> str:
+    """One line: which shape ran out of memory, XLA's first line, and the config keys that lower the need."""
+    t, d, s = trainer.config.train, trainer.config.data, trainer.setup
+    devices = data_parallel_size(s.mesh)
+    if doing.phase == "evaluating":
+        batch = t.eval_batch_size or t.batch_size
+        what = (f"evaluating (batches of {batch // devices} rows per device, up to {s.data.boundaries[-1]} tokens "
+                f"long)")
+        levers = [f"lower train.eval_batch_size (now {batch})", f"lower data.max_seq_length (now {d.max_seq_length})"]
+    else:
+        rows = doing.rows // devices
+        shape = f"{'packed length' if trainer.plan.slots else 'bucket'} {doing.length} x {rows} rows per device"
+        if t.grad_accum_steps > 1:
+            shape += f" ({t.grad_accum_steps} micro-batches of {rows // t.grad_accum_steps})"
+        if trainer.grid:
+            shape += f", {trainer.grid.size} replicas over mesh.replica={s.mesh.shape['replica']}"
+        what = f"{doing.phase} the train step for {shape}"
+        levers = [f"lower train.batch_size (now {t.batch_size})",
+                  f"raise train.grad_accum_steps (now {t.grad_accum_steps})"]
+        if not trainer.config.model.remat:
+            levers.append("set model.remat=true")
+        levers.append(f"lower data.packed_length (now {trainer.plan.length})" if trainer.plan.slots
+                      else f"lower data.max_seq_length (now {d.max_seq_length})")
+    if jax.device_count() > s.mesh.shape["fsdp"]:
+        levers.append(f"shard the weights over more devices with mesh.fsdp (now {s.mesh.shape['fsdp']})")
+    return f"out of {where} memory {what}: {first_line(e)}; {', '.join(levers[:-1])} or {levers[-1]}"
 
 
 def _finish(trainer, step: int, eval_metrics: dict, tally: Tally, first_step_seconds, compiles) -> dict:

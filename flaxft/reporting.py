@@ -117,6 +117,7 @@ def summary(trainer, eval_metrics: dict, step: int, tally, train_seconds: float,
         "global_step": step,
         "epochs": step / trainer.steps_per_epoch,
         "train_examples": len(trainer.plan.lengths),
+        "skipped_rows": s.data.raw.skipped_rows,  # data.skip_bad_rows: split -> reason -> rows
         "train_seconds": train_seconds,
         "eval_seconds": tally.paused_seconds - trainer.checkpoint_seconds,
         "compile_seconds": trainer.compiled.compile_seconds,

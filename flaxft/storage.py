@@ -51,9 +51,10 @@ def _need_gcsfs() -> None:
         raise FlaxftError("gs:// paths need gcsfs; install it with: pip install 'flaxft[gcs]'") from None
 
 
-def open_text(p: epath.Path) -> IO[str]:
-    """Read a UTF-8 text file (a BOM is dropped) with universal newlines off, as the csv module wants."""
-    return io.TextIOWrapper(p.open("rb"), encoding="utf-8-sig", newline="")
+def open_text(p: epath.Path, errors: str = "strict") -> IO[str]:
+    """Read a UTF-8 text file (a BOM is dropped) with universal newlines off, as the csv module wants;
+    `errors` as in `open` (surrogateescape keeps bytes that are not UTF-8, for the caller to find)."""
+    return io.TextIOWrapper(p.open("rb"), encoding="utf-8-sig", errors=errors, newline="")
 
 
 def write_text(p: epath.Path, text: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flaxft.cli import run_main
+from flaxft.cli import keep_traceback_in, run_main
 from flaxft.config import help_text, load_config
 from flaxft.host_memory import preload_host_malloc
 
@@ -20,12 +20,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.learning_rate=5e-5")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
+    keep_traceback_in(cfg.output_dir)
 
-    from flaxft import runtime
-    from flaxft.trainer import Trainer  # heavy imports after the config is known to be valid
+    from flaxft import run_lock, runtime  # heavy imports after the config is known to be valid
 
     runtime.setup(cfg)
-    Trainer(cfg).train()
+    with run_lock.hold(cfg.output_dir):  # before the Trainer reads output_dir's checkpoints: a second run stops here
+        from flaxft.trainer import Trainer
+
+        Trainer(cfg).train()
     return 0
 
 

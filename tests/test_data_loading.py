@@ -121,7 +121,8 @@ def test_glue_folder_errors(glue_dir, tmp_path):
     bad.mkdir()
     write(bad / "train.tsv", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\ta\tb\n")
     write(bad / "dev.tsv", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n")
-    error(r"train\.tsv, line 3: 3 tab-separated fields, expected 4", task="rte", path=str(bad))
+    error(r"train\.tsv, row 2: 3 tab-separated fields, expected 4 like the header \(line 3: '1\\ta\\tb'\)",
+          task="rte", path=str(bad))
     write(bad / "train.tsv", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n")
     error(r"dev\.tsv, row 1: label 'maybe' is not one of entailment, not_entailment", task="rte", path=str(bad))
     error("unknown GLUE task 'glu'", task="glu", path=str(bad))
@@ -237,7 +238,7 @@ def test_custom_file_errors(tmp_path, files):
     error("is empty", train_file=write(tmp_path / "empty.csv", ""))
     error("has no data rows", train_file=write(tmp_path / "header.csv", "text,label\n"))
     bad = write(tmp_path / "bad.csv", "text,label\na,1\nb,1,2\n")
-    error(r"bad.csv, line 3: 3 ','-separated fields, expected 2", train_file=bad)
+    error(r"bad.csv, row 2: 3 ','-separated fields, expected 2 like the header \(line 3: 'b,1,2'\)", train_file=bad)
     broken = write(tmp_path / "broken.jsonl", '{"text": "a", "label": \n')
     error(r"cannot read .*broken.jsonl' as json", train_file=broken)
     train = files("train.csv", [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}])
@@ -247,10 +248,11 @@ def test_custom_file_errors(tmp_path, files):
 
 def test_custom_not_utf8(tmp_path):
     latin1 = write(tmp_path / "latin1.csv", "text,label\ncaf\u00e9,1\nthe,0\n", encoding="latin-1")
-    message = error(r"latin1.csv is not UTF-8 text \(byte 0xe9 on line 2\); convert it", train_file=latin1)
+    message = error(r"latin1.csv, row 1: not UTF-8 text \(byte 0xe9 on line 2: 'caf\\xe9,1'\); convert the file",
+                    train_file=latin1)
     assert "iconv" in message
     latin1_json = write(tmp_path / "latin1.jsonl", '{"text": "caf\u00e9", "label": 1}\n', encoding="latin-1")
-    error("latin1.jsonl is not UTF-8 text", train_file=latin1_json)
+    error(r"latin1.jsonl is not UTF-8 text \(byte 0xe9 on line 1, row 1\)", train_file=latin1_json)
 
 
 def test_custom_column_errors(files):

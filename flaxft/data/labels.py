@@ -8,25 +8,41 @@ label is a multi-hot vector. A GLUE task, or a trained model in flaxft.predict, 
 a cell may then hold a name or a class id. Every split of every source is encoded through it, into the
 datasets label feature it gives (`ClassLabel`, float32 for regression, a float32 vector for multi-label);
 unlabelled rows are -1 (NaN for regression and multi-label).
+
+A missing label is an empty cell, None, NaN or the text "nan". Training labels of mixed kinds (numbers and
+names, with data.problem_type unset) take the kind most of them have; the others are bad rows. A label with
+spaces around it is read without them, with a warning (flaxft.data.bad_rows has what happens to bad rows).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import Optional
 
 import datasets
 
+from flaxft.data.bad_rows import BAD_LABEL, MISSING_LABEL, UNKNOWN_LABEL, BadRows, shown
 from flaxft.errors import FlaxftError
+
+log = logging.getLogger("flaxft")
 from flaxft.losses import MULTI_LABEL, REGRESSION, SINGLE_LABEL
 
 UNLABELLED = -1
 
 
 def is_missing(value) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip()) or (
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "nan")) or (
         isinstance(value, float) and math.isnan(value))
+
+
+class _BadLabel(Exception):
+    """One row's label cannot be used: why (a flaxft.data.bad_rows reason), what is wrong, what to do."""
+
+    def __init__(self, reason: str, problem: str, fix: str):
+        super().__init__(problem)
+        self.reason, self.problem, self.fix = reason, problem, fix
 
 
 def as_float(value) -> Optional[float]:
@@ -87,6 +103,10 @@ class LabelCodec:
         if lists:
             raise FlaxftError(f"{source}: labels are lists but data.problem_type={problem_type}; "
                               "set data.problem_type=multi_label (or null to detect it)")
+        numeric = [as_float(v) is not None for v in present]
+        if problem_type is None and 0 < sum(numeric) < len(present):  # the kind most labels have; the rest: bad rows
+            majority = 2 * sum(numeric) > len(present)
+            present = [v for v, n in zip(present, numeric) if n == majority]
         if problem_type == REGRESSION:
             bad = next((v for v in present if as_float(v) is None), None)
             if bad is not None:
@@ -131,51 +151,73 @@ class LabelCodec:
             return datasets.List(datasets.Value("float32"), length=len(self.names))
         return datasets.Value("float32") if self.is_regression else datasets.ClassLabel(names=list(self.names))
 
-    def encode(self, values, source: str, *, unlabelled_ok: bool) -> list:
-        """Class ids (or floats) for one split; where a test split lacks a label, -1 (NaN for regression)."""
-        return [self._one(value, source, row, unlabelled_ok) for row, value in enumerate(values, 1)]
+    def encode(self, values, source: str, *, unlabelled_ok: bool, bad: Optional[BadRows] = None) -> list:
+        """Class ids (or floats) for one split; where a test split lacks a label, -1 (NaN for regression).
+        A row's bad label goes to `bad` (an error unless bad rows are skipped; a skipped row's label is None)."""
+        bad = bad or BadRows(source)
+        labels, padded = [], []
+        for row, value in enumerate(values, 1):
+            if row in bad.dropped:  # dropped already (its fields could not be read)
+                labels.append(None)
+                continue
+            if self.kind != "multi" and isinstance(value, str) and value != value.strip() and value.strip():
+                padded.append(row)
+            try:
+                labels.append(self._one(value, unlabelled_ok))
+            except _BadLabel as e:
+                bad.found(row, e.reason, e.problem, e.fix)
+                labels.append(None)
+        if padded:
+            log.warning("%s: %d label(s) have spaces around them, read without (the first: row %d); strip them in "
+                        "the file to silence this", source, len(padded), padded[0])
+        return labels
 
-    def _one(self, value, source: str, row: int, unlabelled_ok: bool):
-        where = f"{source}, row {row}"
+    def _one(self, value, unlabelled_ok: bool):
         if is_missing(value):
             if not unlabelled_ok:
-                raise FlaxftError(f"{where}: no label; fill it in or drop the row")
+                raise _BadLabel(MISSING_LABEL, f"no label ({shown(value)})", "fill it in or drop the row")
             return [math.nan] * len(self.names) if self.kind == "multi" else math.nan if self.is_regression \
                 else UNLABELLED
         if self.kind == "multi":
             hot = [0.0] * len(self.names)
             for name in _label_set(value, self.separator):
                 if name not in self.names:
-                    raise FlaxftError(f"{where}: label {name!r} never appears in the training labels "
-                                      f"({', '.join(self.names)}); fix the label or add training examples of it")
+                    raise _BadLabel(UNKNOWN_LABEL, f"label {name!r} never appears in the training labels "
+                                    f"({', '.join(self.names)})", "fix the label or add training examples of it")
                 hot[self.names.index(name)] = 1.0
             return hot
         if self.is_regression:
             number = as_float(value)
             if number is None:
-                raise FlaxftError(f"{where}: label {value!r} is not a number like the training labels; fix that row")
+                raise _BadLabel(BAD_LABEL, f"label {shown(value)} is not a number like the training labels",
+                                "fix that row")
             return number
         name = str(value).strip()
         if self.kind != "int" and name in self.names:
             return self.names.index(name)
         if self.kind == "str":
-            raise FlaxftError(f"{where}: label {name!r} never appears in the training labels "
-                              f"({', '.join(self.names)}); fix the label or add training examples of it")
+            if as_float(value) is not None:
+                raise _BadLabel(BAD_LABEL, f"label {name!r} is a number and the training labels are names "
+                                f"({', '.join(self.names)})", "fix the label, or set data.problem_type=single_label "
+                                "to take every label as a class name")
+            raise _BadLabel(UNKNOWN_LABEL, f"label {name!r} never appears in the training labels "
+                            f"({', '.join(self.names)})", "fix the label or add training examples of it")
         class_id = as_int(value)
         if self.kind == "named":
             if class_id is None or not 0 <= class_id < len(self.names):
-                raise FlaxftError(f"{where}: label {value!r} is not one of {', '.join(self.names)} "
-                                  f"or 0..{len(self.names) - 1}; fix that row")
+                raise _BadLabel(BAD_LABEL, f"label {shown(value)} is not one of {', '.join(self.names)} "
+                                f"or 0..{len(self.names) - 1}", "fix that row")
             return class_id
         if class_id is None:
-            raise FlaxftError(f"{where}: label {value!r} is not an integer class id like the training labels")
+            raise _BadLabel(BAD_LABEL, f"label {shown(value)} is not an integer class id like the training labels",
+                            "fix the label, or set data.problem_type=single_label to take every label as a class name")
         if class_id == UNLABELLED and unlabelled_ok:
             return UNLABELLED
         if class_id < 0:
-            raise FlaxftError(f"{where}: label {class_id} is negative; class ids must be 0, 1, 2, ...")
+            raise _BadLabel(BAD_LABEL, f"label {class_id} is negative", "class ids must be 0, 1, 2, ...")
         if class_id >= len(self.names):
-            raise FlaxftError(f"{where}: label {class_id} never appears in the training labels "
-                              f"(0..{len(self.names) - 1}); fix the label or add training examples of it")
+            raise _BadLabel(UNKNOWN_LABEL, f"label {class_id} never appears in the training labels "
+                            f"(0..{len(self.names) - 1})", "fix the label or add training examples of it")
         return class_id
 
 

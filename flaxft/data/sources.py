@@ -9,6 +9,7 @@ Sources, chosen from the `data` config section (or passed in):
 
 Every source reaches tokenization through `labelled_split`: the text column(s) as strings and a column
 named "label" encoded by the run's LabelCodec (flaxft.data.labels): a ClassLabel, or float32 for regression.
+Bad rows (flaxft.data.bad_rows) stop the run, or with `data.skip_bad_rows` are dropped and counted.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from typing import Optional
 
 import datasets
 import huggingface_hub
+import numpy as np
+import pyarrow.compute as pc
 from etils import epath
 
 from flaxft import storage
+from flaxft.data.bad_rows import EMPTY_TEXT, BadRows, shown
 from flaxft.data.labels import LabelCodec
 from flaxft.losses import MULTI_LABEL, REGRESSION, SINGLE_LABEL
 
@@ -48,6 +52,7 @@ class RawData:
     eval_splits: tuple[str, ...]
     test_splits: tuple[str, ...]
     source: str
+    skipped_rows: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)  # split -> reason -> rows
 
     label_names = property(lambda self: self.labels.names)  # class names in id order; None for regression
     is_regression = property(lambda self: self.labels.is_regression)
@@ -58,21 +63,34 @@ class RawData:
 
 
 def labelled_split(table: datasets.Dataset, text_columns, label_column: Optional[str], codec: LabelCodec,
-                   source: str, *, unlabelled_ok: bool) -> datasets.Dataset:
-    """`table` as tokenization reads it: the text columns as strings (none empty) and `label` encoded by `codec`
-    (a missing label column means an unlabelled split)."""
+                   source: str, *, unlabelled_ok: bool, bad: Optional[BadRows] = None) -> datasets.Dataset:
+    """`table` as tokenization reads it: the text columns as strings and `label` encoded by `codec` (a missing
+    label column means an unlabelled split). Its bad rows go to `bad` (default: each an error); skipped ones
+    are left out."""
+    bad = bad or BadRows(source, keep_all=unlabelled_ok)
     if len(table) == 0:
         raise FlaxftError(f"{source} has no data rows; give a file with a header and at least one row")
     split = table.select_columns(list(text_columns))
     for column in text_columns:
-        values = split.with_format("arrow")[column]
-        if values.null_count:
-            row = values.is_null().to_pylist().index(True) + 1
-            raise FlaxftError(f"{source}, row {row}: column {column!r} is empty; fill it in or drop the row")
         if split.features[column] != datasets.Value("string"):
             split = split.cast_column(column, datasets.Value("string"))
+        values = split.with_format("arrow")[column]
+        # a row without text; in a file whose every row is predicted, only a missing cell (empty text is predicted)
+        empty = values.is_null() if bad.keep_all else pc.or_kleene(values.is_null(), pc.equal(
+            pc.utf8_trim_whitespace(values), ""))
+        for row in np.flatnonzero(np.asarray(empty.fill_null(True))) + 1:
+            if int(row) not in bad.dropped:
+                value = values[int(row) - 1].as_py()
+                bad.found(int(row), EMPTY_TEXT, f"column {column!r} is empty"
+                          + (f" ({shown(value)})" if value is not None else ""), "fill it in or drop the row")
     values = table[label_column] if label_column in table.column_names else [None] * len(table)
-    return split.add_column("label", codec.encode(values, source, unlabelled_ok=unlabelled_ok), feature=codec.feature)
+    labels = codec.encode(values, source, unlabelled_ok=unlabelled_ok, bad=bad)
+    if bad.dropped:
+        keep = [i for i in range(len(table)) if i + 1 not in bad.dropped]
+        if not keep:
+            raise FlaxftError(f"{source}: every row is bad ({bad.first}); fix the file")
+        split, labels = split.select(keep), [labels[i] for i in keep]
+    return split.add_column("label", labels, feature=codec.feature)
 
 
 def load_splits(data) -> RawData:
@@ -89,9 +107,9 @@ def load_splits(data) -> RawData:
             raise FlaxftError(f"data.task={data.task} and data.train_file are both set; "
                               "unset data.train_file to use GLUE, or unset data.task to use your own files")
         if data.path and not is_hub_id(data.path):
-            raw = _glue_folder(task, data.path)
+            raw = _glue_folder(task, data.path, data.skip_bad_rows)
         else:
-            raw = _glue_hub(task, data.path or data.hub_dataset)
+            raw = _glue_hub(task, data.path or data.hub_dataset, data.skip_bad_rows)
     else:
         raw = _custom_files(data)
     for name, ds in raw.splits.items():
@@ -102,19 +120,21 @@ def load_splits(data) -> RawData:
 
 
 def from_datasets(splits: dict, text_columns=None, label_column: str = "label", problem_type: Optional[str] = None,
-                  label_separator: str = ",") -> RawData:
+                  label_separator: str = ",", skip_bad_rows: bool = False) -> RawData:
     """RawData from your own in-memory splits, for `Trainer(cfg, raw=...)` in a notebook.
 
     `splits` maps "train" (required), "validation" and "test" to `datasets.Dataset`s or dicts of
     columns; labels are typed exactly as for files (integers, strings, floats, or lists for multi-label);
-    `problem_type` and `label_separator` as data.problem_type and data.label_separator.
+    `problem_type`, `label_separator` and `skip_bad_rows` as data.problem_type, data.label_separator and
+    data.skip_bad_rows.
     """
     if "train" not in splits:
         raise FlaxftError(f"from_datasets needs a 'train' split; got {sorted(splits)}")
     tables = {name: ds if isinstance(ds, datasets.Dataset) else datasets.Dataset.from_dict(dict(ds))
               for name, ds in splits.items()}
-    return _custom(tables, {name: f"the {name} split" for name in tables}, text_columns, label_column,
-                   problem_type, label_separator)
+    sources = {name: f"the {name} split" for name in tables}
+    return _custom(tables, sources, _bad_rows(sources, skip_bad_rows), text_columns, label_column, problem_type,
+                   label_separator)
 
 
 def from_file(file: str, text_columns, label_column: str, codec: LabelCodec, task: Optional[TaskSpec]) -> RawData:
@@ -122,13 +142,14 @@ def from_file(file: str, text_columns, label_column: str, codec: LabelCodec, tas
     path = storage.path(file)
     if not path.is_file():
         raise FlaxftError(f"--file: '{file}' not found; check the path")
-    table = read_file("test_file", str(path))
+    bad = BadRows(file, keep_all=True)  # every row gets its prediction: no row is skipped
+    table = read_file("test_file", str(path), bad)
     columns = tuple(text_columns) if text_columns else pick_text_columns(None, table, str(path))
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise FlaxftError(f"{file}: no column {missing[0]!r} (columns: {', '.join(table.column_names)}); the model "
                           f"reads [{','.join(columns)}]: rename the file's columns or set data.text_columns=[...]")
-    split = labelled_split(table, columns, label_column, codec, file, unlabelled_ok=True)
+    split = labelled_split(table, columns, label_column, codec, file, unlabelled_ok=True, bad=bad)
     return RawData({path.stem: split}, columns, codec, task, (), (), str(path))
 
 
@@ -149,13 +170,26 @@ def pick_text_columns(wanted, table: datasets.Dataset, source: str) -> tuple[str
 # ---------------------------------------------------------------------------------------------------- GLUE
 
 
-def _glue_raw(task: TaskSpec, splits: dict[str, datasets.Dataset], source: str) -> RawData:
+def _bad_rows(sources: dict[str, str], skip: bool) -> dict[str, BadRows]:
+    """Each split's bad rows; skipped only in training and validation splits (a test split's rows are all
+    predicted)."""
+    return {split: BadRows(source, skip=skip, keep_all=split.startswith("test")) for split, source in sources.items()}
+
+
+def _skipped(bad: dict[str, BadRows]) -> dict[str, dict[str, int]]:
+    """Rows skipped per split and reason (for summary.json), each split's also in the log."""
+    for rows in bad.values():
+        rows.report()
+    return {split: rows.counts() for split, rows in bad.items() if rows.dropped}
+
+
+def _glue_raw(task: TaskSpec, splits: dict[str, datasets.Dataset], source: str, bad: dict[str, BadRows]) -> RawData:
     return RawData(splits, task.text_columns, LabelCodec.named(task.label_names), task,
                    tuple(s for s in task.eval_splits if s in splits), tuple(s for s in task.test_splits if s in splits),
-                   source)
+                   source, _skipped(bad))
 
 
-def _glue_folder(task: TaskSpec, path: str) -> RawData:
+def _glue_folder(task: TaskSpec, path: str, skip_bad_rows: bool = False) -> RawData:
     folder = storage.path(path)  # a local folder or gs://bucket/glue/MRPC
     if not folder.is_dir():
         raise FlaxftError(f"data.path: folder '{path}' does not exist; point data.path at the GLUE {task.folder} "
@@ -163,7 +197,7 @@ def _glue_folder(task: TaskSpec, path: str) -> RawData:
     if not (folder / task.train_file).exists() and (folder / task.folder).is_dir():
         folder = folder / task.folder  # the GLUE root (the folder holding MRPC/, SST-2/, ...) works too
     codec = LabelCodec.named(task.label_names)
-    splits = {}
+    splits, bad = {}, {}
     for split, name in task.split_files.items():
         path = folder / name
         is_test = split in task.test_splits
@@ -173,22 +207,23 @@ def _glue_folder(task: TaskSpec, path: str) -> RawData:
             needed = ", ".join([task.train_file, *dict(task.eval_files).values()])
             raise FlaxftError(f"data.path: '{path}' not found; point data.path at the GLUE {task.folder} folder "
                               f"(with {needed})")
-        splits[split] = _glue_file(task, path, codec, is_test)
-    return _glue_raw(task, splits, f"GLUE {task.name} from {folder.resolve()}")
+        bad[split] = BadRows(str(path), skip=skip_bad_rows, keep_all=is_test)
+        splits[split] = _glue_file(task, path, codec, is_test, bad[split])
+    return _glue_raw(task, splits, f"GLUE {task.name} from {folder.resolve()}", bad)
 
 
-def _glue_file(task: TaskSpec, path: epath.Path, codec: LabelCodec, is_test: bool) -> datasets.Dataset:
-    header, rows = read_delimited(path, "\t", csv.QUOTE_NONE, None if is_test else task.headerless_columns)
+def _glue_file(task: TaskSpec, path: epath.Path, codec: LabelCodec, is_test: bool, bad: BadRows) -> datasets.Dataset:
+    header, rows = read_delimited(path, "\t", csv.QUOTE_NONE, None if is_test else task.headerless_columns, bad)
     missing = [c for c in task.tsv_text_columns if c not in header]
     if missing:
         raise FlaxftError(f"{path}: no column {missing[0]!r} (columns: {', '.join(header)}); "
                           f"is this the GLUE {task.folder} file?")
     table = string_table(header, rows).rename_columns(dict(zip(task.tsv_text_columns, task.text_columns)))
     label = task.tsv_label_column if task.tsv_label_column in header else None
-    return labelled_split(table, task.text_columns, label, codec, str(path), unlabelled_ok=label is None)
+    return labelled_split(table, task.text_columns, label, codec, str(path), unlabelled_ok=label is None, bad=bad)
 
 
-def _glue_hub(task: TaskSpec, repo: str) -> RawData:
+def _glue_hub(task: TaskSpec, repo: str, skip_bad_rows: bool = False) -> RawData:
     offline = datasets.config.HF_HUB_OFFLINE
     local_hint = f"set data.path=<local GLUE {task.folder} folder with {task.train_file}>"
     if not offline and not hub_reachable():
@@ -201,7 +236,7 @@ def _glue_hub(task: TaskSpec, repo: str) -> RawData:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FlaxftError(f"could not load {repo} '{task.name}' {where} ({reason}); {local_hint}") from e
     codec = LabelCodec.named(task.label_names)
-    splits = {}
+    splits, bad = {}, {}
     for split in task.split_files:
         if split not in hub:
             if split in task.test_splits:
@@ -211,9 +246,11 @@ def _glue_hub(task: TaskSpec, repo: str) -> RawData:
         if missing:
             raise FlaxftError(f"{repo} '{task.name}' {split}: no column {missing[0]!r} (columns: "
                               f"{', '.join(hub[split].column_names)}); use the nyu-mll/glue layout or {local_hint}")
-        splits[split] = labelled_split(hub[split], task.text_columns, "label", codec, f"{repo} '{task.name}' {split}",
-                                       unlabelled_ok=split in task.test_splits)
-    return _glue_raw(task, splits, f"GLUE {task.name} from the Hugging Face Hub ({repo})")
+        source = f"{repo} '{task.name}' {split}"
+        bad[split] = BadRows(source, skip=skip_bad_rows, keep_all=split in task.test_splits)
+        splits[split] = labelled_split(hub[split], task.text_columns, "label", codec, source,
+                                       unlabelled_ok=split in task.test_splits, bad=bad[split])
+    return _glue_raw(task, splits, f"GLUE {task.name} from the Hugging Face Hub ({repo})", bad)
 
 
 # ----------------------------------------------------------------------------------------- your own data
@@ -227,13 +264,14 @@ def _custom_files(data) -> RawData:
         raise FlaxftError("no data given; set data.task=<GLUE task, e.g. mrpc> or data.train_file=<your file>")
     files = {split: file for split, file in (("train", data.train_file), ("validation", data.validation_file),
                                              ("test", data.test_file)) if file}
-    tables = {split: read_file(f"{split}_file", file) for split, file in files.items()}
-    return _custom(tables, files, data.text_columns, data.label_column or "label", data.problem_type,
+    bad = _bad_rows(files, data.skip_bad_rows)
+    tables = {split: read_file(f"{split}_file", file, bad[split]) for split, file in files.items()}
+    return _custom(tables, files, bad, data.text_columns, data.label_column or "label", data.problem_type,
                    data.label_separator)
 
 
-def _custom(tables: dict[str, datasets.Dataset], sources: dict[str, str], text_columns, label_column: str,
-            problem_type: Optional[str] = None, label_separator: str = ",") -> RawData:
+def _custom(tables: dict[str, datasets.Dataset], sources: dict[str, str], bad: dict[str, BadRows], text_columns,
+            label_column: str, problem_type: Optional[str] = None, label_separator: str = ",") -> RawData:
     text_columns = pick_text_columns(text_columns, tables["train"], sources["train"])
     if label_column in text_columns:
         raise FlaxftError(f"data.label_column={label_column} is also a text column; use different columns")
@@ -246,7 +284,7 @@ def _custom(tables: dict[str, datasets.Dataset], sources: dict[str, str], text_c
     codec = LabelCodec.infer(tables["train"][label_column], sources["train"], PROBLEM_TYPE_KEYS.get(problem_type),
                              label_separator)
     splits = {split: labelled_split(table, text_columns, label_column, codec, sources[split],
-                                    unlabelled_ok=split == "test") for split, table in tables.items()}
+                                    unlabelled_ok=split == "test", bad=bad[split]) for split, table in tables.items()}
     return RawData(splits, text_columns, codec, None, ("validation",) if "validation" in splits else (),
                    ("test",) if "test" in splits else (),
-                   "files: " + ", ".join(f"{split}={file}" for split, file in sources.items()))
+                   "files: " + ", ".join(f"{split}={file}" for split, file in sources.items()), _skipped(bad))

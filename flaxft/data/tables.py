@@ -1,23 +1,30 @@
 """Table files -> `datasets.Dataset`: .csv/.tsv through the csv module (every cell stays a string, "NA" and
-"001" included; a bad line is named by its number), .json/.jsonl/.parquet through `datasets`. Local files or
-gs:// URLs; a file that is not UTF-8 is named with its first bad byte."""
+"001" included; a row with the wrong number of fields or bytes that are not UTF-8 is a bad row, named by its
+number: see flaxft.data.bad_rows), .json/.jsonl/.parquet through `datasets`. Local files or gs:// URLs; a
+JSON or Parquet file that is not UTF-8 is named with its first bad byte."""
 
 from __future__ import annotations
 
 import csv
+import re
+from typing import Optional
 
 import datasets
 import pyarrow as pa
 from etils import epath
 
 from flaxft import storage
+from flaxft.data.bad_rows import NOT_UTF8, WRONG_FIELD_COUNT, BadRows, shown
 from flaxft.errors import FlaxftError
+
+NOT_UTF8_BYTE = re.compile("[\udc80-\udcff]")  # a byte that is not UTF-8, as decoding with surrogateescape keeps it
+ICONV = "convert the file, e.g. iconv -f latin1 -t utf-8 IN > OUT"
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
-def read_file(key: str, file: str) -> datasets.Dataset:
-    """The table in `file` (the config key `data.<key>` named it)."""
+def read_file(key: str, file: str, bad: Optional[BadRows] = None) -> datasets.Dataset:
+    """The table in `file` (the config key `data.<key>` named it); `bad` takes its bad CSV/TSV rows."""
     path = storage.path(file)
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
@@ -29,7 +36,7 @@ def read_file(key: str, file: str) -> datasets.Dataset:
         raise FlaxftError(f"data.{key}: file '{file}' is empty; it needs a header and at least one row")
     if fmt in ("csv", "tsv"):
         quoting = csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE
-        return string_table(*read_delimited(path, "," if fmt == "csv" else "\t", quoting))
+        return string_table(*read_delimited(path, "," if fmt == "csv" else "\t", quoting, bad=bad))
     try:
         table = datasets.load_dataset(fmt, data_files=str(path), split="train")
     except (datasets.exceptions.DatasetGenerationError, ValueError, OSError) as e:
@@ -50,25 +57,35 @@ def string_table(header: list[str], rows: list[list[str]]) -> datasets.Dataset:
                                       features=datasets.Features({col: datasets.Value("string") for col in header}))
 
 
-def read_delimited(path: epath.Path, delimiter: str, quoting: int, names=None) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of a delimited UTF-8 file (BOM allowed); every row must have as many fields as the
-    header. `names` replaces a missing header row. Blank lines are skipped."""
+def read_delimited(path: epath.Path, delimiter: str, quoting: int, names=None,
+                   bad: Optional[BadRows] = None) -> tuple[list[str], list[list[Optional[str]]]]:
+    """Header and rows of a delimited UTF-8 file (BOM allowed). `names` replaces a missing header row. Blank
+    lines are skipped. A row with another number of fields than the header, or with bytes that are not UTF-8,
+    goes to `bad` (an error, or with data.skip_bad_rows a row of Nones that keeps the rows' numbers)."""
+    bad = bad or BadRows(str(path))
     kind = "tab" if delimiter == "\t" else repr(delimiter)
-    try:
-        with storage.open_text(path) as f:
-            reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
+    with storage.open_text(path, errors="surrogateescape") as f:
+        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
+        try:
             header = list(names) if names else next(reader, [])
-            rows = []
+            if any(NOT_UTF8_BYTE.search(name) for name in header):
+                raise FlaxftError(not_utf8(path))
+            rows: list[list[Optional[str]]] = []
             for row in reader:
-                if len(row) != len(header) and row:
-                    raise FlaxftError(f"{path}, line {reader.line_num}: {len(row)} {kind}-separated fields, expected "
-                                      f"{len(header)} like the header; fix or remove that line")
-                if row:
-                    rows.append(row)
-    except UnicodeDecodeError as e:
-        raise FlaxftError(not_utf8(path)) from e
-    except csv.Error as e:
-        raise FlaxftError(f"{path}, line {reader.line_num}: {e}; fix that line") from e
+                if not row:
+                    continue
+                number, line = len(rows) + 1, reader.line_num
+                text = delimiter.join(row)
+                if len(row) != len(header):
+                    bad.found(number, WRONG_FIELD_COUNT, f"{len(row)} {kind}-separated fields, expected {len(header)} "
+                              f"like the header (line {line}: {shown(text)})", "fix or remove that line")
+                elif NOT_UTF8_BYTE.search(text):
+                    byte = ord(NOT_UTF8_BYTE.search(text).group()) - 0xDC00
+                    bad.found(number, NOT_UTF8, f"not UTF-8 text (byte {byte:#04x} on line {line}: {shown(text)})",
+                              ICONV)
+                rows.append([None] * len(header) if number in bad.dropped else row)
+        except csv.Error as e:
+            raise FlaxftError(f"{path}, line {reader.line_num}: {e}; fix that line") from e
     if not rows:
         raise FlaxftError(f"{path} has no data rows; give a file with a header and at least one row")
     return header, rows
@@ -81,5 +98,6 @@ def not_utf8(path: epath.Path) -> str:
         where = ""
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        where = f" (byte {data[e.start]:#04x} on line {line})"
-    return f"{path} is not UTF-8 text{where}; convert it, e.g. iconv -f latin1 -t utf-8 IN > OUT"
+        row = f", row {line}" if path.suffix.lower() == ".jsonl" else ""  # one JSON object per line
+        where = f" (byte {data[e.start]:#04x} on line {line}{row})"
+    return f"{path} is not UTF-8 text{where}; {ICONV}"
