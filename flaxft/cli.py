@@ -99,7 +99,8 @@ class _BackgroundFailures(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == "asyncio":
             return "exception was never retrieved" not in record.getMessage()
-        return not (record.name == "absl" and record.exc_info and "orbax" in record.pathname)
+        return not (record.name == "absl" and record.exc_info and
+                    ("orbax" in record.pathname or _from_orbax(record.exc_info[2])))
 
 
 def quiet_background_failures() -> None:
