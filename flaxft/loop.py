@@ -22,7 +22,7 @@ from flaxft.data.pipeline import device_batches
 from flaxft.errors import FlaxftError
 from flaxft.grid import table as grid_table
 from flaxft.host_memory import INSTALL_HINT, host_allocator
-from flaxft.monitoring import CompileCounter, PreemptionGuard, Tally
+from flaxft.monitoring import CompileCounter, PreemptionGuard, Tally, seconds_since_process_start
 from flaxft.reporting import RunWriter, summary, write_json
 from flaxft.resume import trim_metrics_log
 
@@ -124,6 +124,7 @@ def train(trainer) -> dict:
                 if first_step_seconds is None:  # one sync, for time-to-first-step (load + compile + step)
                     jax.block_until_ready(m)
                     first_step_seconds = tally.train_seconds()
+                    trainer.first_step_from_start = seconds_since_process_start()
                 tally.add(b)
                 step += 1
                 bar.update(1)

@@ -72,8 +72,7 @@ class LabelCodec:
     def infer(cls, values, source: str, problem_type: Optional[str] = None, separator: str = ",") -> "LabelCodec":
         """The codec the training labels imply (see the module docstring); `problem_type` (data.problem_type)
         overrides the guess."""
-        values = list(values)
-        present = [v for v in values if not is_missing(v)]
+        present = _distinct(v for v in values if not is_missing(v))  # the guess depends on the distinct values only
         if not present:
             raise FlaxftError(f"{source}: the label column is empty; fill in the labels or set data.label_column")
         lists = any(isinstance(v, (list, tuple)) for v in present)
@@ -133,7 +132,18 @@ class LabelCodec:
 
     def encode(self, values, source: str, *, unlabelled_ok: bool) -> list:
         """Class ids (or floats) for one split; where a test split lacks a label, -1 (NaN for regression)."""
-        return [self._one(value, source, row, unlabelled_ok) for row, value in enumerate(values, 1)]
+        codes = {}  # a million rows hold a few distinct labels: each is encoded (and checked) once
+        out = []
+        for row, value in enumerate(values, 1):
+            key = (type(value), value) if isinstance(value, (str, int, float)) and not is_missing(value) else None
+            if key not in codes:
+                code = self._one(value, source, row, unlabelled_ok)
+                if key is None:
+                    out.append(code)
+                    continue
+                codes[key] = code
+            out.append(codes[key])
+        return out
 
     def _one(self, value, source: str, row: int, unlabelled_ok: bool):
         where = f"{source}, row {row}"
@@ -183,3 +193,14 @@ def _label_set(value, separator: str) -> list[str]:
     """The label names of one multi-label cell: a list, or names joined by `separator` (blanks dropped)."""
     items = value if isinstance(value, (list, tuple)) else str(value).split(separator)
     return [name for name in (str(v).strip() for v in items) if name]
+
+
+def _distinct(values) -> list:
+    """Each value once, in the order of first appearance (unhashable ones, label lists, are all kept)."""
+    seen, out = set(), []
+    for v in values:
+        key = (type(v), v) if isinstance(v, (str, int, float)) else None
+        if key is None or key not in seen:
+            seen.add(key)
+            out.append(v)
+    return out

@@ -19,6 +19,7 @@ from typing import Optional
 
 import datasets
 import huggingface_hub
+from datasets.fingerprint import generate_random_fingerprint
 from etils import epath
 
 from flaxft import storage
@@ -71,8 +72,14 @@ def labelled_split(table: datasets.Dataset, text_columns, label_column: Optional
             raise FlaxftError(f"{source}, row {row}: column {column!r} is empty; fill it in or drop the row")
         if split.features[column] != datasets.Value("string"):
             split = split.cast_column(column, datasets.Value("string"))
-    values = table[label_column] if label_column in table.column_names else [None] * len(table)
-    return split.add_column("label", codec.encode(values, source, unlabelled_ok=unlabelled_ok), feature=codec.feature)
+    values = column_values(table, label_column) if label_column in table.column_names else [None] * len(table)
+    return split.add_column("label", codec.encode(values, source, unlabelled_ok=unlabelled_ok), feature=codec.feature,
+                            new_fingerprint=generate_random_fingerprint())  # not a hash of a million labels
+
+
+def column_values(table: datasets.Dataset, column: str) -> list:
+    """A column as Python values, read column-wise (indexing a Dataset by a column name formats row by row)."""
+    return table.with_format("arrow")[column].to_pylist()
 
 
 def load_splits(data) -> RawData:
@@ -243,7 +250,7 @@ def _custom(tables: dict[str, datasets.Dataset], sources: dict[str, str], text_c
         if missing:
             raise FlaxftError(f"{sources[split]}: no column {missing[0]!r} (columns: {', '.join(table.column_names)}); "
                               "set data.text_columns / data.label_column to the right names")
-    codec = LabelCodec.infer(tables["train"][label_column], sources["train"], PROBLEM_TYPE_KEYS.get(problem_type),
+    codec = LabelCodec.infer(column_values(tables["train"], label_column), sources["train"], PROBLEM_TYPE_KEYS.get(problem_type),
                              label_separator)
     splits = {split: labelled_split(table, text_columns, label_column, codec, sources[split],
                                     unlabelled_ok=split == "test") for split, table in tables.items()}
