@@ -185,7 +185,8 @@ def _glue_folder(task: TaskSpec, path: str) -> RawData:
 
 
 def _glue_file(task: TaskSpec, path: epath.Path, codec: LabelCodec, is_test: bool) -> datasets.Dataset:
-    header, rows = read_delimited(path, "\t", csv.QUOTE_NONE, None if is_test else task.headerless_columns)
+    header, rows = read_delimited(path, "\t", csv.QUOTE_NONE, None if is_test else task.headerless_columns,
+                                  keep=(*task.tsv_text_columns, task.tsv_label_column))
     missing = [c for c in task.tsv_text_columns if c not in header]
     if missing:
         raise FlaxftError(f"{path}: no column {missing[0]!r} (columns: {', '.join(header)}); "

@@ -51,28 +51,32 @@ def string_table(header: list[str], rows: list[list[str]]) -> datasets.Dataset:
     return datasets.Dataset(datasets.table.InMemoryTable(pa.table(columns)))
 
 
-def read_delimited(path: epath.Path, delimiter: str, quoting: int, names=None) -> tuple[list[str], list[list[str]]]:
+def read_delimited(path: epath.Path, delimiter: str, quoting: int, names=None,
+                   keep=None) -> tuple[list[str], list[list[str]]]:
     """Header and rows of a delimited UTF-8 file (BOM allowed); every row must have as many fields as the
-    header. `names` replaces a missing header row. Blank lines are skipped."""
+    header. `names` replaces a missing header row. Blank lines are skipped. `keep` (column names): when the header
+    has them all, only those columns are returned (a wide file, MNLI's with its parse trees, is not held whole)."""
     kind = "tab" if delimiter == "\t" else repr(delimiter)
     try:
         with storage.open_text(path) as f:
             reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
             header = list(names) if names else next(reader, [])
+            picked = [i for i, column in enumerate(header) if column in keep] \
+                if keep is not None and set(keep) <= set(header) else None  # else all: the caller names what is missing
             rows = []
             for row in reader:
                 if len(row) != len(header) and row:
                     raise FlaxftError(f"{path}, line {reader.line_num}: {len(row)} {kind}-separated fields, expected "
                                       f"{len(header)} like the header; fix or remove that line")
                 if row:
-                    rows.append(row)
+                    rows.append(row if picked is None else [row[i] for i in picked])
     except UnicodeDecodeError as e:
         raise FlaxftError(not_utf8(path)) from e
     except csv.Error as e:
         raise FlaxftError(f"{path}, line {reader.line_num}: {e}; fix that line") from e
     if not rows:
         raise FlaxftError(f"{path} has no data rows; give a file with a header and at least one row")
-    return header, rows
+    return (header if picked is None else [header[i] for i in picked]), rows
 
 
 def not_utf8(path: epath.Path) -> str:
