@@ -251,8 +251,8 @@ def _custom(tables: dict[str, datasets.Dataset], sources: dict[str, str], text_c
         if missing:
             raise FlaxftError(f"{sources[split]}: no column {missing[0]!r} (columns: {', '.join(table.column_names)}); "
                               "set data.text_columns / data.label_column to the right names")
-    codec = LabelCodec.infer(column_values(tables["train"], label_column), sources["train"], PROBLEM_TYPE_KEYS.get(problem_type),
-                             label_separator)
+    codec = LabelCodec.infer(column_values(tables["train"], label_column), sources["train"],
+                             PROBLEM_TYPE_KEYS.get(problem_type), label_separator)
     splits = {split: labelled_split(table, text_columns, label_column, codec, sources[split],
                                     unlabelled_ok=split == "test") for split, table in tables.items()}
     return RawData(splits, text_columns, codec, None, ("validation",) if "validation" in splits else (),
