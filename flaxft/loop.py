@@ -23,7 +23,7 @@ from flaxft.data.pipeline import device_batches
 from flaxft.errors import FlaxftError, first_line, out_of_memory
 from flaxft.grid import table as grid_table
 from flaxft.host_memory import INSTALL_HINT, host_allocator
-from flaxft.monitoring import CompileCounter, Preempted, PreemptionGuard, Tally
+from flaxft.monitoring import CompileCounter, Preempted, PreemptionGuard, Tally, seconds_since_process_start
 from flaxft.parallel import data_parallel_size
 from flaxft.reporting import RunWriter, summary, write_json
 from flaxft.resume import trim_metrics_log
@@ -142,6 +142,7 @@ def _train(trainer) -> dict:
                     if first_step_seconds is None:  # one sync, for time-to-first-step (load + compile + step)
                         jax.block_until_ready(m)
                         first_step_seconds = tally.train_seconds()
+                        trainer.first_step_from_start = seconds_since_process_start()
                         doing.synced()
                     tally.add(b)
                     step += 1

@@ -5,9 +5,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import pathlib
+import resource
 import signal
 import threading
 import time
+from typing import Optional
 
 import jax
 import numpy as np
@@ -16,6 +19,20 @@ from flaxft.data import buckets
 
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # a compile, or a load from the cache
 CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+
+
+def seconds_since_process_start() -> Optional[float]:
+    """Wall seconds since this process started (Linux; the tcmalloc re-execution keeps the start), else None."""
+    try:
+        fields = pathlib.Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def peak_host_memory_gb() -> float:
+    """This process's peak resident memory so far (memory-mapped file pages it touched included), in GB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
 class CompileCounter:

@@ -13,6 +13,7 @@ import jax
 from etils import epath
 
 from flaxft import storage
+from flaxft.monitoring import peak_host_memory_gb
 
 
 def write_json(path: epath.Path, obj: Any) -> None:
@@ -122,6 +123,8 @@ def summary(trainer, eval_metrics: dict, step: int, tally, train_seconds: float,
         "eval_seconds": tally.paused_seconds - trainer.checkpoint_seconds,
         "compile_seconds": trainer.compiled.compile_seconds,
         "first_step_seconds": first_step_seconds,
+        "first_step_seconds_from_start": trainer.first_step_from_start,
+        "peak_host_memory_gb": peak_host_memory_gb(),
         "checkpoint_seconds": trainer.checkpoint_seconds,
         "train_samples_per_second": tally.examples / train_seconds,
         "train_tokens_per_second": tally.tokens / train_seconds,

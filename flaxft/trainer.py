@@ -104,6 +104,7 @@ class Trainer:
         self.evaluator = Evaluator(s, self.compiled, compute_metrics)
         self.meta = run_meta(s, self.plan, self.steps_per_epoch, self.total_steps, self.grid)
         self.checkpoint_seconds = 0.0
+        self.first_step_from_start: Optional[float] = None  # process start to the end of step 1 (the loop sets it)
         self.early_stopping = early_stopping.EarlyStopping()
         self.stop_requested: Callable[[], bool] = lambda: False  # train() sets it: whether SIGTERM came
         self.resumed_step = self._resume()

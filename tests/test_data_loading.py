@@ -303,3 +303,23 @@ def test_from_datasets_types_labels_like_files():
     assert raw.eval_splits == ("validation",)
     with pytest.raises(FlaxftError, match="never appears in the training labels"):
         from_datasets({"train": train, "validation": {"review": ["?"], "stars": ["meh"]}}, ["review"], "stars")
+
+
+def test_a_wide_glue_file_is_read_for_its_text_and_label_columns_only(tmp_path):
+    """MNLI's layout (parse trees and vote columns beside the pair): only the pair and gold_label are kept from the
+    start; a file lacking one of them still reports every column it has."""
+    import csv as csv_module
+
+    from etils import epath
+
+    from flaxft.data.tables import read_delimited
+
+    header = ["index", "sentence1_parse", "sentence1", "sentence2", "label1", "gold_label"]
+    rows = [[str(i), f"( ( w{i} ) )", f"premise {i}", f"hypothesis {i}", "neutral", "neutral"] for i in range(5)]
+    (tmp_path / "train.tsv").write_text("\n".join("\t".join(r) for r in [header, *rows]) + "\n")
+    path = epath.Path(tmp_path / "train.tsv")
+    kept_header, kept = read_delimited(path, "\t", csv_module.QUOTE_NONE, keep=("sentence1", "sentence2", "gold_label"))
+    assert kept_header == ["sentence1", "sentence2", "gold_label"]
+    assert kept[3] == ["premise 3", "hypothesis 3", "neutral"]
+    full_header, full = read_delimited(path, "\t", csv_module.QUOTE_NONE, keep=("sentence1", "question"))
+    assert full_header == header and full == rows

@@ -286,6 +286,7 @@ def test_disk_full_on_the_export_metrics_summary_and_tokenization_cache(referenc
         assert any(f"no space left on device in '{mnt / 'cache' / 'tokenized'}' writing the tokenization cache"
                    in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
         assert (full.ids == roomy.ids).all() and (full.offsets == roomy.offsets).all()
-        assert not list((mnt / "cache" / "tokenized").iterdir())  # no partial cache file to pick up
+        # no partial cache file to pick up (the empty lock file that serialises writers may stay)
+        assert not [f for f in (mnt / "cache" / "tokenized").iterdir() if not f.name.endswith(".lock")]
         with contextlib.suppress(FlaxftError):  # its buffered TensorBoard header cannot be written either
             writer.close()

@@ -88,8 +88,7 @@ class LabelCodec:
     def infer(cls, values, source: str, problem_type: Optional[str] = None, separator: str = ",") -> "LabelCodec":
         """The codec the training labels imply (see the module docstring); `problem_type` (data.problem_type)
         overrides the guess."""
-        values = list(values)
-        present = [v for v in values if not is_missing(v)]
+        present = _distinct(v for v in values if not is_missing(v))  # the guess depends on the distinct values only
         if not present:
             raise FlaxftError(f"{source}: the label column is empty; fill in the labels or set data.label_column")
         lists = any(isinstance(v, (list, tuple)) for v in present)
@@ -153,20 +152,31 @@ class LabelCodec:
 
     def encode(self, values, source: str, *, unlabelled_ok: bool, bad: Optional[BadRows] = None) -> list:
         """Class ids (or floats) for one split; where a test split lacks a label, -1 (NaN for regression).
-        A row's bad label goes to `bad` (an error unless bad rows are skipped; a skipped row's label is None)."""
+        A row's bad label goes to `bad` (an error unless bad rows are skipped; a skipped row's label is None).
+        Each distinct label is encoded (and checked) once: a million rows hold a few."""
         bad = bad or BadRows(source)
+        codes: dict = {}  # (type, value) -> its code, or the _BadLabel it raised
         labels, padded = [], []
         for row, value in enumerate(values, 1):
             if row in bad.dropped:  # dropped already (its fields could not be read)
                 labels.append(None)
                 continue
+            key = (type(value), value) if isinstance(value, (str, int, float)) and not is_missing(value) else None
+            code = codes.get(key) if key is not None else None
+            if code is None:
+                try:
+                    code = self._one(value, unlabelled_ok)
+                except _BadLabel as e:
+                    code = e
+                if key is not None:
+                    codes[key] = code
+            if isinstance(code, _BadLabel):
+                bad.found(row, code.reason, code.problem, code.fix)
+                labels.append(None)
+                continue
             if self.kind != "multi" and isinstance(value, str) and value != value.strip() and value.strip():
                 padded.append(row)
-            try:
-                labels.append(self._one(value, unlabelled_ok))
-            except _BadLabel as e:
-                bad.found(row, e.reason, e.problem, e.fix)
-                labels.append(None)
+            labels.append(code)
         if padded:
             log.warning("%s: %d label(s) have spaces around them, read without (the first: row %d); strip them in "
                         "the file to silence this", source, len(padded), padded[0])
@@ -225,3 +235,14 @@ def _label_set(value, separator: str) -> list[str]:
     """The label names of one multi-label cell: a list, or names joined by `separator` (blanks dropped)."""
     items = value if isinstance(value, (list, tuple)) else str(value).split(separator)
     return [name for name in (str(v).strip() for v in items) if name]
+
+
+def _distinct(values) -> list:
+    """Each value once, in the order of first appearance (unhashable ones, label lists, are all kept)."""
+    seen, out = set(), []
+    for v in values:
+        key = (type(v), v) if isinstance(v, (str, int, float)) else None
+        if key is None or key not in seen:
+            seen.add(key)
+            out.append(v)
+    return out

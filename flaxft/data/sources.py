@@ -22,6 +22,7 @@ import datasets
 import huggingface_hub
 import numpy as np
 import pyarrow.compute as pc
+from datasets.fingerprint import generate_random_fingerprint
 from etils import epath
 
 from flaxft import storage
@@ -83,14 +84,20 @@ def labelled_split(table: datasets.Dataset, text_columns, label_column: Optional
                 value = values[int(row) - 1].as_py()
                 bad.found(int(row), EMPTY_TEXT, f"column {column!r} is empty"
                           + (f" ({shown(value)})" if value is not None else ""), "fill it in or drop the row")
-    values = table[label_column] if label_column in table.column_names else [None] * len(table)
+    values = column_values(table, label_column) if label_column in table.column_names else [None] * len(table)
     labels = codec.encode(values, source, unlabelled_ok=unlabelled_ok, bad=bad)
     if bad.dropped:
         keep = [i for i in range(len(table)) if i + 1 not in bad.dropped]
         if not keep:
             raise FlaxftError(f"{source}: every row is bad ({bad.first}); fix the file")
         split, labels = split.select(keep), [labels[i] for i in keep]
-    return split.add_column("label", labels, feature=codec.feature)
+    return split.add_column("label", labels, feature=codec.feature,
+                            new_fingerprint=generate_random_fingerprint())  # not a hash of a million labels
+
+
+def column_values(table: datasets.Dataset, column: str) -> list:
+    """A column as Python values, read column-wise (indexing a Dataset by a column name formats row by row)."""
+    return table.with_format("arrow")[column].to_pylist()
 
 
 def load_splits(data) -> RawData:
@@ -213,7 +220,8 @@ def _glue_folder(task: TaskSpec, path: str, skip_bad_rows: bool = False) -> RawD
 
 
 def _glue_file(task: TaskSpec, path: epath.Path, codec: LabelCodec, is_test: bool, bad: BadRows) -> datasets.Dataset:
-    header, rows = read_delimited(path, "\t", csv.QUOTE_NONE, None if is_test else task.headerless_columns, bad)
+    header, rows = read_delimited(path, "\t", csv.QUOTE_NONE, None if is_test else task.headerless_columns, bad,
+                                  keep=(*task.tsv_text_columns, task.tsv_label_column))
     missing = [c for c in task.tsv_text_columns if c not in header]
     if missing:
         raise FlaxftError(f"{path}: no column {missing[0]!r} (columns: {', '.join(header)}); "
@@ -281,8 +289,8 @@ def _custom(tables: dict[str, datasets.Dataset], sources: dict[str, str], bad: d
         if missing:
             raise FlaxftError(f"{sources[split]}: no column {missing[0]!r} (columns: {', '.join(table.column_names)}); "
                               "set data.text_columns / data.label_column to the right names")
-    codec = LabelCodec.infer(tables["train"][label_column], sources["train"], PROBLEM_TYPE_KEYS.get(problem_type),
-                             label_separator)
+    codec = LabelCodec.infer(column_values(tables["train"], label_column), sources["train"],
+                             PROBLEM_TYPE_KEYS.get(problem_type), label_separator)
     splits = {split: labelled_split(table, text_columns, label_column, codec, sources[split],
                                     unlabelled_ok=split == "test", bad=bad[split]) for split, table in tables.items()}
     return RawData(splits, text_columns, codec, None, ("validation",) if "validation" in splits else (),
