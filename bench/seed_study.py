@@ -179,7 +179,7 @@ def report(args) -> str:
         hf = systems.get("hf", {})
         lines += [f"### {task.upper()}", "",
                   "| system | seeds | " + " | ".join(f"dev {k} mean +- std" for k in metric_keys)
-                  + " | train samples/s | " + " | ".join(f"{k} - HF, paired: mean +- std [95 % CI]" for k in metric_keys)
+                  + " | train samples/s (machine shared: not a speed result) | " + " | ".join(f"{k} - HF, paired: mean +- std [95 % CI]" for k in metric_keys)
                   + " | paired seeds |",
                   "|---|---|" + "---:|" * (2 * len(metric_keys) + 2)]
         for system in sorted(systems, key=lambda s: (s != "hf", s)):
