@@ -22,7 +22,7 @@ from typing import Optional
 
 from flaxft import storage
 from flaxft.checkpoint import CHECKPOINTS, Checkpoints, CorruptCheckpoint, default_best_metric
-from flaxft.cli import run_main
+from flaxft.cli import keep_traceback_in, run_main
 from flaxft.config import Config, load_config
 from flaxft.data.labels import LabelCodec
 from flaxft.data.sources import RawData, from_file, load_splits
@@ -205,6 +205,15 @@ def write_predictions(out_dir, name: str, pred, raw: RawData) -> list:
     return written
 
 
+def predictions_dir(model: str, output_dir: Optional[str] = None):
+    """Where predictions go: `output_dir`, else the run's predictions/ (an export's run when it sits in one)."""
+    if output_dir:
+        return storage.path(output_dir)
+    p = storage.path(model)
+    run_dir = p.parent if p.name == EXPORT and (p.parent / "config.yaml").is_file() else p
+    return run_dir / "predictions"
+
+
 def predict(model: str, *, splits: list[str] = (), file: Optional[str] = None, output_dir: Optional[str] = None,
             checkpoint: str = "best", overrides: list[str] = (), runtime_setup: bool = False) -> dict:
     """Predict and write the files; returns {split: PredictionOutput} plus "compilations" and "files".
@@ -224,9 +233,7 @@ def predict(model: str, *, splits: list[str] = (), file: Optional[str] = None, o
     predictor = Predictor(source.config, raw, boundaries=source.info.get("buckets"), params_from=source.params_from)
     used = source.description if predictor.step is None else f"checkpoint {source.params_from[0].path(predictor.step)}"
     log.info("predicting %s with the %s", ", ".join(raw.splits), used)
-    p = storage.path(model)
-    run_dir = p.parent if p.name == EXPORT and (p.parent / "config.yaml").is_file() else p
-    out_dir = storage.path(output_dir) if output_dir else run_dir / "predictions"
+    out_dir = predictions_dir(model, output_dir)
     results, files = {}, []
     with CompileCounter() as compiles:
         for name in raw.splits:
@@ -248,6 +255,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*",
                         help="config overrides, e.g. data.path=../glue/MRPC train.eval_batch_size=64")
     args = parser.parse_args(argv)
+    if args.output_dir or storage.path(args.model).is_dir():  # not for a Hub id: no folder of ours to write into
+        keep_traceback_in(predictions_dir(args.model, args.output_dir))
     from flaxft import runtime
 
     runtime.setup()  # before Orbax reads checkpoints (the config comes with the model: see predict())

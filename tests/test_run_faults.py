@@ -208,6 +208,22 @@ def test_unexpected_error_is_one_line_with_its_traceback_in_error_log(tiny_model
     assert not (out / LOCK).exists()
 
 
+def test_predict_keeps_an_unexpected_errors_traceback_too(tiny_model, toy_data, tmp_path, capsys, monkeypatch):
+    """flaxft.predict's unexpected errors: one line naming the predictions folder's error.log."""
+    from flaxft.predict import main as predict_main
+
+    def broken(*args, **kwargs):
+        raise KeyError("no such model")
+    monkeypatch.setattr("flaxft.predict.open_model", broken)
+    out = tmp_path / "preds"
+    code = run_main(predict_main, ["--model", str(tiny_model), "--output-dir", str(out)])
+    err = capsys.readouterr().err
+    (line,) = _error_lines(err)
+    assert code == 1 and "Traceback" not in err
+    assert line == f"flaxft: error: KeyError: 'no such model' (traceback in {out / 'error.log'})"
+    assert "in broken" in (out / "error.log").read_text()
+
+
 def test_a_lock_on_cloud_storage(gcs):
     """gs:// has no exclusive create: the lock is written whole and read back; a live holder elsewhere refuses."""
     from etils import epath
