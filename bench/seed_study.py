@@ -83,6 +83,13 @@ def commit() -> str:
     return out.stdout.strip() + ("+dirty" if dirty else "")
 
 
+def cpu() -> str:
+    """The CPU as XLA and PyTorch see it (family/model tell e.g. AMD Zen 3 from Zen 4: results' rounding differs)."""
+    info = pathlib.Path("/proc/cpuinfo").read_text() if pathlib.Path("/proc/cpuinfo").exists() else ""
+    field = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in info.splitlines()[:30]) if v}
+    return f"{field.get('model name', '?')} family {field.get('cpu family', '?')} model {field.get('model', '?')}"
+
+
 def run_one(args, task: str, system: str, seed: int, target: pathlib.Path) -> None:
     script, extra = SYSTEMS[system]
     work = pathlib.Path(args.workdir) / f"{task}_{system}_seed{seed}"
@@ -107,7 +114,7 @@ def run_one(args, task: str, system: str, seed: int, target: pathlib.Path) -> No
         tail = "".join(log.read_text(errors="replace").splitlines(True)[-15:])
         sys.exit(f"{task} {system} seed {seed} failed (exit {rc}); last lines of {log}:\n{tail}")
     result = json.loads(tmp_json.read_text())
-    result.update(study_system=system, commit=commit(), command=" ".join(cmd[1:]),
+    result.update(study_system=system, commit=commit(), cpu=cpu(), command=" ".join(cmd[1:]),
                   finished=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), wall_seconds=time.time() - start)
     result.pop("trained_batches", None)
     target.parent.mkdir(parents=True, exist_ok=True)
