@@ -143,6 +143,7 @@ class RunLock:
         self.holder = Holder.this_process()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._made_dir = False  # acquire() created output_dir: release() removes it again if nothing was written
 
     def read(self) -> Optional[Holder]:
         """The lock's holder; None if there is no lock. A lock being written is read again; one that stays
@@ -159,6 +160,7 @@ class RunLock:
         return Holder("?", -1, None, None, "?", 0.0, f"an unreadable {LOCK}")
 
     def acquire(self) -> None:
+        self._made_dir = not self.output_dir.exists()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             if self._create():
@@ -252,6 +254,8 @@ class RunLock:
             current = self.read()
             if current is not None and current.is_process(self.holder):
                 self.path.unlink()
+                if self._made_dir and not any(self.output_dir.iterdir()):  # a run refused before writing anything
+                    self.output_dir.rmdir()
         except OSError as e:
             log.warning("could not remove %s: %s; delete it before the next run", self.path, e)
 

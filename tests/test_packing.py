@@ -143,16 +143,20 @@ def test_packed_training_learns_with_one_train_shape(tiny_model, toy_data, tmp_p
     assert s["train_samples_per_second"] > 0 and s["epochs"] == 10
 
 
-def test_random_padded_batches_learn(tiny_model, toy_data, tmp_path):
+def test_random_padded_batches_train(tiny_model, toy_data, tmp_path):
     """data.group_by_length=false (the A/B against packed rows and length-grouped buckets): random batches, each
-    padded to a bucket, train through the same loop."""
+    padded to a bucket, train through the same loop (the seed study measures what they learn)."""
     out = tmp_path / "random"
     assert run_main(train_main, toy_args(tiny_model, toy_data, out, "data.group_by_length=false",
-                                         "data.bucket_boundaries=[32,64]", "train.epochs=10",
+                                         "data.bucket_boundaries=[32,64]", "train.max_steps=6",
                                          "checkpoint.export=none")) == 0
     s = json.loads((out / "summary.json").read_text())
-    assert s["eval_accuracy"] >= 0.9, s
-    assert 1 <= s["train_compilations"] <= 2 and s["epochs"] == 10
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert s["global_step"] == 6 and losses and all(np.isfinite(losses))
+    assert 1 <= s["train_compilations"] <= 2
+    # random batches pad more than length-grouped ones would (toy lengths straddle the two buckets)
+    assert s["padding_efficiency"] < 1
 
 
 @pytest.mark.parametrize("task", ["MRPC", "SST-2", "RTE", "CoLA", "STS-B"])
