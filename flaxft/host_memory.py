@@ -19,7 +19,6 @@ start Python with LD_PRELOAD set instead (`python -m flaxft.host_memory` prints 
 from __future__ import annotations
 
 import ctypes.util
-import glob
 import os
 import pathlib
 import sys

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
-import pathlib
 import resource
 import signal
 import threading
@@ -22,12 +21,13 @@ CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 
 
 def seconds_since_process_start() -> Optional[float]:
-    """Wall seconds since this process started (Linux; the tcmalloc re-execution keeps the start), else None."""
-    try:
-        fields = pathlib.Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        return time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, AttributeError):
+    """Wall seconds since this process started (Linux; the host malloc re-execution keeps the start), else None."""
+    from flaxft.run_lock import process_start  # the one reader of /proc/<pid>/stat
+
+    ticks = process_start(os.getpid())
+    if ticks is None or not hasattr(time, "CLOCK_BOOTTIME"):
         return None
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
 
 
 def peak_host_memory_gb() -> float:
