@@ -2,8 +2,8 @@
 
     python bench/label_mix.py --model DIR --glue ../shared/data/glue [--tasks mrpc rte] [--seeds 42 ... 49]
 
-For each task and batching (length-grouped buckets, packed rows, random batches padded to buckets =
-data.group_by_length=false) it plans epoch 0 for every seed exactly as training does and scores each batch's
+For each task and batching (one-bucket batches, packed rows, and the Trainer's batches padded to buckets:
+random = data.length_grouping=none, its group_by_length mega-batches = data.length_grouping=megabatch) it plans epoch 0 for every seed exactly as training does and scores each batch's
 share of the positive class (label 1) against the split's share p as a binomial z-score,
 z = (share - p) / sqrt(p (1 - p) / n), n = the batch's examples. Random batches give a z spread of ~1 (a little
 under: they are drawn without replacement); a spread above that, or more than ~5 % of batches beyond |z| > 2,
@@ -34,7 +34,7 @@ def plan(name: str, lengths, boundaries, seed: int, batch_size: int = 32, packed
         return packing.plan_epoch(lengths, packed_length, slots, packing.rows_per_step(rows, batch_size, 1),
                                   seed=seed, epoch=0)
     return buckets.plan_batches(lengths, boundaries, batch_size, shuffle=True, seed=seed, epoch=0,
-                                group_by_length=(name == "buckets"))
+                                grouping={"buckets": "bucket", "random": "none"}.get(name, name))
 
 
 def main() -> None:
@@ -52,7 +52,7 @@ def main() -> None:
         data = prepare(d, 32, load_splits(d), tokenizer, token_type_ids=True)
         train = data.splits["train"]
         share = float(train.labels.mean())
-        for name in ("buckets", "packed", "random"):
+        for name in ("buckets", "packed", "random", "megabatch"):
             z = []
             for seed in args.seeds:
                 for b in plan(name, train.lengths, data.boundaries, seed):

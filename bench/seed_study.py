@@ -37,8 +37,10 @@ SYSTEMS = {
     "buckets": ("flaxft_run.py", ["--set", "data.packing=false", "train.dropout_rng=hash"]),
     "buckets-threefry": ("flaxft_run.py", ["--set", "data.packing=false", "train.dropout_rng=threefry"]),
     "packed-threefry": ("flaxft_run.py", ["--packing", "--set", "train.dropout_rng=threefry"]),
-    # random batches (the Trainer's composition) padded to buckets: separates batch composition from the rest
-    "buckets-random": ("flaxft_run.py", ["--set", "data.packing=false", "data.group_by_length=false"]),
+    # the Trainer's batches padded to buckets: random (its default) and its group_by_length=True mega-batches;
+    # they separate batch composition from everything else
+    "buckets-random": ("flaxft_run.py", ["--set", "data.packing=false", "data.length_grouping=none"]),
+    "buckets-megabatch": ("flaxft_run.py", ["--set", "data.packing=false", "data.length_grouping=megabatch"]),
 }
 COMPARE_NAMES = {"flaxft": "buckets", "flaxft-packed": "packed", "hf": "hf"}  # bench/compare.py's system names
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,

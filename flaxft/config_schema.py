@@ -14,6 +14,7 @@ import yaml
 
 from flaxft.errors import FlaxftError
 
+LENGTH_GROUPINGS = ("bucket", "megabatch", "none")
 OPTIMIZERS = ("adamw", "adafactor", "lion", "sgd")
 LR_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
 # train.<key> -> (the train.<choice> it belongs to, the choices that read it): set elsewhere, it is an error
@@ -60,9 +61,11 @@ class DataConfig:
     num_buckets: int = _field(4, "Number of sequence-length buckets, chosen from the training lengths.")
     bucket_boundaries: Optional[list[int]] = _field(None, "Explicit bucket lengths (overrides num_buckets), e.g. [32,64,128].")
     pad_to_multiple_of: int = _field(8, "Bucket lengths are multiples of this.")
-    group_by_length: bool = _field(True, "Bucketed training: each batch holds examples of one length bucket (least padding); "
-                                         "false: random batches, each padded to the smallest bucket that fits its longest "
-                                         "example (the HF Trainer's batches; more padding). Not with packing or a grid.")
+    length_grouping: str = _field("bucket", "Bucketed training batches: bucket (each batch from one length bucket: least "
+                                            "padding), megabatch (the HF Trainer's group_by_length=True: random mega-batches of "
+                                            "up to 50 batches, sorted by length and cut into batches) or none (the HF Trainer's "
+                                            "default random batches); megabatch and none pad each batch to the smallest bucket "
+                                            "that fits it. Not with packing or a grid unless bucket.")
     packing: bool = _field(False, "Train on packed rows: several examples per row of one length (one compiled train shape); "
                                   "train.batch_size is then the mean number of examples per step.")
     packed_length: Optional[int] = _field(None, "Packed row length (null: max_seq_length rounded up to pad_to_multiple_of).")
@@ -214,11 +217,15 @@ def validate(cfg: Config) -> None:
     need(d.pad_to_multiple_of >= 1, "data.pad_to_multiple_of must be >= 1")
     need(d.packed_length is None or d.packed_length >= 8, "data.packed_length must be >= 8 (or null)")
     need(d.max_examples_per_row >= 1, "data.max_examples_per_row must be >= 1")
-    need(d.group_by_length or not d.packing,
-         "data.group_by_length=false asks for random padded batches but data.packing=true packs rows; set one of them")
-    need(d.group_by_length or not (t.seeds or isinstance(t.learning_rate, list)),
-         "data.group_by_length=false gives each seed batches of its own lengths, which a grid (train.seeds or a list of "
-         "learning rates) cannot stack; use data.group_by_length=true or data.packing=true for a grid")
+    need(d.length_grouping in LENGTH_GROUPINGS,
+         f"data.length_grouping='{d.length_grouping}' is not one of {', '.join(LENGTH_GROUPINGS)}")
+    need(d.length_grouping == "bucket" or not d.packing,
+         f"data.length_grouping={d.length_grouping} asks for padded batches but data.packing=true packs rows; "
+         "set one of them")
+    need(d.length_grouping == "bucket" or not (t.seeds or isinstance(t.learning_rate, list)),
+         f"data.length_grouping={d.length_grouping} gives each seed batches of its own lengths, which a grid "
+         "(train.seeds or a list of learning rates) cannot stack; use data.length_grouping=bucket or "
+         "data.packing=true for a grid")
     for key in ("max_train_samples", "max_eval_samples"):
         limit = getattr(d, key)
         need(limit is None or limit >= 1, f"data.{key}={limit} must be at least 1; unset it to use every row")

@@ -22,7 +22,7 @@ T = TypeVar("T")
 
 # What the arrays or the data order depend on: a checkpoint that differs in any of these cannot continue this run.
 MUST_MATCH = ("task", "label_names", "num_labels", "train.batch_size", "train.seed", "data.max_seq_length", "buckets",
-              "packing", "data.group_by_length", "train_examples", "steps_per_epoch", "model_config", "grid",
+              "packing", "data.length_grouping", "train_examples", "steps_per_epoch", "model_config", "grid",
               "train.optimizer")
 
 
@@ -51,9 +51,14 @@ def _flat(meta: dict) -> dict:
     train = cfg.get("train", {})
     return {**meta, "train.batch_size": train.get("batch_size"), "train.seed": train.get("seed"),
             "data.max_seq_length": cfg.get("data", {}).get("max_seq_length"),
-            # checkpoints from before these keys: adamw, length-grouped batches
+            # checkpoints from before these keys: adamw, one length bucket per batch
             "train.optimizer": train.get("optimizer", "adamw"),
-            "data.group_by_length": cfg.get("data", {}).get("group_by_length", True)}
+            "data.length_grouping": _length_grouping(cfg.get("data", {}))}
+
+
+def _length_grouping(data: dict) -> str:
+    # older checkpoints: no key (one bucket per batch), or the earlier boolean group_by_length
+    return data.get("length_grouping") or ("none" if data.get("group_by_length") is False else "bucket")
 
 
 def check_compatible(saved: dict, ours: dict, where) -> None:

@@ -75,23 +75,40 @@ def test_too_long_example_is_a_clear_error():
         buckets.plan_batches(np.array([10, 200]), [64, 128], 2, shuffle=False)
 
 
-def test_random_batches_cover_the_split_and_pad_to_their_longest_example():
-    """data.group_by_length=false: the HF Trainer's random batches, each padded to the smallest bucket that fits."""
+@pytest.mark.parametrize("grouping", ["none", "megabatch"])
+def test_trainer_style_batches_cover_the_split_and_pad_to_their_longest_example(grouping):
+    """data.length_grouping=none|megabatch: the HF Trainer's batches, each padded to the smallest bucket that fits."""
     lengths, bounds = _lengths(1000, seed=4), [32, 64, 96, 128]
     grouped = buckets.plan_batches(lengths, bounds, 32, shuffle=True, seed=1, epoch=0)
-    plan = buckets.plan_batches(lengths, bounds, 32, shuffle=True, seed=1, epoch=0, group_by_length=False)
+    plan = buckets.plan_batches(lengths, bounds, 32, shuffle=True, seed=1, epoch=0, grouping=grouping)
     ids = np.concatenate([b.indices for b in plan])
     assert sorted(ids[ids != buckets.FILLER].tolist()) == list(range(1000))  # each example once
     assert all(len(b.indices) == 32 for b in plan) and (ids == buckets.FILLER).sum() == -1000 % 32
     for b in plan:
         longest = lengths[b.indices[b.indices != buckets.FILLER]].max()
         assert b.length == min(x for x in bounds if x >= longest)
-    # batches mix lengths (the grouped plan's never do), so they pad more
+    # batches mix buckets (the grouped plan's never do), so they pad more
     assert any(np.ptp(buckets.assign(lengths[b.indices[b.indices >= 0]], bounds)) > 0 for b in plan)
     assert all(np.ptp(buckets.assign(lengths[b.indices[b.indices >= 0]], bounds)) == 0 for b in grouped)
     assert buckets.padding_efficiency(lengths, plan) < buckets.padding_efficiency(lengths, grouped)
     # a pure function of (seed, epoch)
-    again = buckets.plan_batches(lengths, bounds, 32, shuffle=True, seed=1, epoch=0, group_by_length=False)
+    again = buckets.plan_batches(lengths, bounds, 32, shuffle=True, seed=1, epoch=0, grouping=grouping)
     assert all((a.indices == b.indices).all() and a.length == b.length for a, b in zip(plan, again))
-    other = buckets.plan_batches(lengths, bounds, 32, shuffle=True, seed=1, epoch=1, group_by_length=False)
+    other = buckets.plan_batches(lengths, bounds, 32, shuffle=True, seed=1, epoch=1, grouping=grouping)
     assert any((a.indices != b.indices).any() for a, b in zip(plan, other))
+    if grouping == "megabatch":  # between bucket and none: less padding than random batches
+        random = buckets.plan_batches(lengths, bounds, 32, shuffle=True, seed=1, epoch=0, grouping="none")
+        assert buckets.padding_efficiency(lengths, random) < buckets.padding_efficiency(lengths, plan)
+
+
+@pytest.mark.parametrize("n", [3668, 2490, 100, 7])
+def test_megabatch_order_is_the_hf_trainers(n):
+    """length_grouped is transformers' get_length_grouped_indices (the Trainer's group_by_length=True) given the
+    same permutation: MRPC's and RTE's train sizes, a small split, and one smaller than a batch."""
+    import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    lengths = _lengths(n, seed=n)
+    expected = get_length_grouped_indices(lengths.tolist(), 32, generator=torch.Generator().manual_seed(n))
+    permutation = torch.randperm(n, generator=torch.Generator().manual_seed(n)).numpy()
+    assert buckets.length_grouped(permutation, lengths, 32).tolist() == expected

@@ -214,7 +214,7 @@ def test_corrupt_checkpoints_are_one_clear_line(trained_run, tiny_model, toy_dat
     ("train.batch_size=32", ["train.batch_size=16, not 32", "new output_dir"]),
     ("data.bucket_boundaries=[64]", ["buckets=[48], not [64]"]),
     ("train.optimizer=lion", ["train.optimizer=adamw, not lion"]),
-    ("data.group_by_length=false", ["data.group_by_length=True, not False"]),
+    ("data.length_grouping=megabatch", ["data.length_grouping=bucket, not megabatch"]),
 ])
 def test_incompatible_checkpoint_is_one_clear_line(override, words, trained_run, tiny_model, toy_data, tmp_path,
                                                     capsys):

@@ -66,15 +66,18 @@ def test_bad_overrides(override, words):
 
 
 @pytest.mark.parametrize("overrides, words", [
-    (["data.group_by_length=false", "data.packing=true"], ["data.group_by_length=false", "data.packing=true"]),
-    (["data.group_by_length=false", "train.seeds=[1,2]"], ["grid", "data.packing=true"]),
-    (["data.group_by_length=false", "train.learning_rate=[1e-5,2e-5]"], ["grid"]),
+    (["data.length_grouping=none", "data.packing=true"], ["data.length_grouping=none", "data.packing=true"]),
+    (["data.length_grouping=megabatch", "train.seeds=[1,2]"], ["grid", "data.packing=true"]),
+    (["data.length_grouping=none", "train.learning_rate=[1e-5,2e-5]"], ["grid"]),
+    (["data.length_grouping=sorted"], ["'sorted'", "bucket, megabatch, none"]),
 ])
-def test_random_batches_exclude_packing_and_grids(overrides, words):
+def test_trainer_style_batches_exclude_packing_and_grids(overrides, words):
     with pytest.raises(FlaxftError) as e:
         load_config(ROOT / "configs/glue/mrpc.yaml", overrides)
     assert all(w in str(e.value) for w in words) and "\n" not in str(e.value)
-    assert load_config(ROOT / "configs/glue/mrpc.yaml", ["data.group_by_length=false"]).data.group_by_length is False
+    for grouping in ("none", "megabatch"):
+        cfg = load_config(ROOT / "configs/glue/mrpc.yaml", [f"data.length_grouping={grouping}"])
+        assert cfg.data.length_grouping == grouping
 
 
 def test_unknown_key_in_file(tmp_path):

@@ -143,11 +143,12 @@ def test_packed_training_learns_with_one_train_shape(tiny_model, toy_data, tmp_p
     assert s["train_samples_per_second"] > 0 and s["epochs"] == 10
 
 
-def test_random_padded_batches_train(tiny_model, toy_data, tmp_path):
-    """data.group_by_length=false (the A/B against packed rows and length-grouped buckets): random batches, each
-    padded to a bucket, train through the same loop (the seed study measures what they learn)."""
-    out = tmp_path / "random"
-    assert run_main(train_main, toy_args(tiny_model, toy_data, out, "data.group_by_length=false",
+@pytest.mark.parametrize("grouping", ["none", "megabatch"])
+def test_trainer_style_padded_batches_train(grouping, tiny_model, toy_data, tmp_path):
+    """data.length_grouping=none|megabatch (the A/Bs against packed rows and one-bucket batches): the HF Trainer's
+    batches, each padded to a bucket, train through the same loop (the seed study measures what they learn)."""
+    out = tmp_path / grouping
+    assert run_main(train_main, toy_args(tiny_model, toy_data, out, f"data.length_grouping={grouping}",
                                          "data.bucket_boundaries=[32,64]", "train.max_steps=6",
                                          "checkpoint.export=none")) == 0
     s = json.loads((out / "summary.json").read_text())
@@ -155,7 +156,7 @@ def test_random_padded_batches_train(tiny_model, toy_data, tmp_path):
               if "loss" in json.loads(line)]
     assert s["global_step"] == 6 and losses and all(np.isfinite(losses))
     assert 1 <= s["train_compilations"] <= 2
-    # random batches pad more than length-grouped ones would (toy lengths straddle the two buckets)
+    # mixed-bucket batches pad more than one-bucket ones would (toy lengths straddle the two buckets)
     assert s["padding_efficiency"] < 1
 
 

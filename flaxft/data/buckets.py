@@ -105,20 +105,26 @@ def collate(split: TokenizedSplit, indices: np.ndarray, length: int, pad_id=None
 
 
 def plan_batches(lengths: np.ndarray, boundaries: list[int], batch_size: int, *,
-                 shuffle: bool, seed: int = 0, epoch: int = 0, group_by_length: bool = True) -> list[BucketBatch]:
-    """Group examples into same-length batches.
+                 shuffle: bool, seed: int = 0, epoch: int = 0, grouping: str = "bucket") -> list[BucketBatch]:
+    """Group examples into batches, each padded to one bucket length.
 
-    shuffle=True (training): members of each bucket are permuted by (seed, epoch) and the order of the
-    batches' lengths by the epoch alone, so an epoch is reproducible and resumable from its position, and
-    every seed has the same sequence of batch shapes (a grid of seeds stacks them: flaxft.data.grid_plan).
+    grouping="bucket", shuffle=True (training): each batch holds one bucket's examples; members of each bucket are
+    permuted by (seed, epoch) and the order of the batches' lengths by the epoch alone, so an epoch is reproducible
+    and resumable from its position, and every seed has the same sequence of batch shapes (a grid of seeds stacks
+    them: flaxft.data.grid_plan).
     shuffle=False (evaluation): input order within each bucket, buckets in increasing length.
-    group_by_length=False (training only): random batches of the whole split, as the HF Trainer draws them, each
-    padded to the bucket of its longest example (so its shape, and the order of shapes, depends on the seed).
+    grouping="none" (training only): random batches of the whole split, as the HF Trainer draws them by default;
+    grouping="megabatch" (training only): the HF Trainer's group_by_length=True (transformers'
+    get_length_grouped_indices): the permuted split cut into mega-batches of min(50, n // (4 * batch_size)) batches,
+    each sorted by length (longest first) and cut into batches. Either pads each batch to the bucket of its longest
+    example, so its shape, and the order of shapes, depends on the seed.
     """
     bucket_of = assign(lengths, boundaries)
     rng = np.random.default_rng([seed, epoch])
-    if not group_by_length:
+    if grouping != "bucket":
         order = rng.permutation(len(lengths))
+        if grouping == "megabatch":
+            order = length_grouped(order, lengths, batch_size)
         order = np.concatenate([order, np.full(-len(order) % batch_size, FILLER, dtype=order.dtype)])
         return [BucketBatch(int(boundaries[bucket_of[rows[rows != FILLER]].max()]), rows)
                 for rows in order.reshape(-1, batch_size)]
@@ -134,6 +140,18 @@ def plan_batches(lengths: np.ndarray, boundaries: list[int], batch_size: int, *,
     if shuffle:  # batch counts per bucket depend on the lengths only: this order is the same for every seed
         batches = [batches[i] for i in np.random.default_rng([BATCH_ORDER_STREAM, epoch]).permutation(len(batches))]
     return batches
+
+
+def length_grouped(order: np.ndarray, lengths: np.ndarray, batch_size: int) -> np.ndarray:
+    """transformers' get_length_grouped_indices on a given permutation: mega-batches of min(50, n // (4 *
+    batch_size)) batches, each sorted by length (longest first, ties in permutation order), and the longest example
+    of all swapped to the front (the Trainer does it to run out of memory early; kept so the order is the Trainer's)."""
+    size = max(1, min(len(order) // (4 * batch_size), 50)) * batch_size
+    megabatches = [chunk[np.argsort(-lengths[chunk], kind="stable")]
+                   for chunk in np.split(order, range(size, len(order), size))]
+    longest = int(np.argmax([lengths[m[0]] for m in megabatches]))
+    megabatches[0][0], megabatches[longest][0] = megabatches[longest][0], megabatches[0][0]
+    return np.concatenate(megabatches)
 
 
 def padding_efficiency(lengths: np.ndarray, batches: list) -> float:

@@ -52,13 +52,13 @@ class BucketPlan:
     boundaries: list[int]
     rows_per_step: int
     seed: int
-    group_by_length: bool = True
+    length_grouping: str = "bucket"
     slots = None
     info: dict = dataclasses.field(default_factory=dict)
 
     def epoch(self, epoch: int) -> list[buckets.BucketBatch]:
         return buckets.plan_batches(self.lengths, self.boundaries, self.rows_per_step, shuffle=True, seed=self.seed,
-                                    epoch=epoch, group_by_length=self.group_by_length)
+                                    epoch=epoch, grouping=self.length_grouping)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +82,7 @@ def training_plan(d, t, data: RunData, data_parallel: int, seed: Optional[int] =
     seed = t.seed if seed is None else seed
     lengths = data.splits["train"].lengths
     if not d.packing:
-        return BucketPlan(lengths, data.boundaries, t.batch_size, seed, d.group_by_length)
+        return BucketPlan(lengths, data.boundaries, t.batch_size, seed, d.length_grouping)
     length = d.packed_length or int(buckets.round_up(d.max_seq_length, d.pad_to_multiple_of))
     rows = packing.pack(lengths, length, d.max_examples_per_row, seed=seed)
     per_step = packing.rows_per_step(rows, t.batch_size, data_parallel * t.grad_accum_steps)
