@@ -2,7 +2,11 @@
 
 import argparse
 import os
+import pathlib
+import subprocess
 import sys
+
+BENCH = pathlib.Path(__file__).resolve().parent
 
 
 def run_parser(description: str) -> argparse.ArgumentParser:
@@ -44,3 +48,18 @@ def run_on_allocator(allocator: str) -> str:
         reexec_on(library)
     except OSError as e:
         sys.exit(f"--allocator {allocator}: could not re-execute {sys.orig_argv}: {e}")
+
+
+def commit() -> str:
+    """The checkout's commit, +dirty when flaxft/, bench/ (results aside) or configs/ have changes not committed."""
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "flaxft", "bench", "configs", ":(exclude)bench/results"], cwd=BENCH.parent,
+                           capture_output=True, text=True).stdout.strip()
+    return out.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def cpu() -> str:
+    """The CPU as XLA and PyTorch see it (family/model tell e.g. AMD Zen 3 from Zen 4: results' rounding differs)."""
+    info = pathlib.Path("/proc/cpuinfo").read_text() if pathlib.Path("/proc/cpuinfo").exists() else ""
+    field = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in info.splitlines()[:30]) if v}
+    return f"{field.get('model name', '?')} family {field.get('cpu family', '?')} model {field.get('model', '?')}"

@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+from common import commit, cpu  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -68,6 +70,7 @@ def main(argv=None) -> None:
     os.makedirs(args.workdir, exist_ok=True)
     results = json.loads(pathlib.Path(args.out).read_text()) if pathlib.Path(args.out).is_file() else {}
     results.setdefault("args", vars(args))
+    results.setdefault("machine", {"commit": commit(), "cpu": cpu()})
     results.setdefault("runs", {})
     if results["args"] != vars(args):
         sys.exit(f"{args.out} was recorded with other arguments: {results['args']}; use another --out")

@@ -12,7 +12,8 @@ grows evenly. `report` prints, per task, each system's mean and standard deviati
 per-seed differences from the Trainer on the seeds both have (mean, std, and a 95 % t-interval of the mean).
 
 `import EARLIER.json` files the runs of a bench/compare.py result (same recipe) into the study, marked with
-where they came from.
+where they came from; `import-grid GRID.json --commit C` files bench/grid_vs_sequential.py's single runs (the
+default batching, same recipe) as `buckets` runs.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from common import commit, cpu  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 HERE = pathlib.Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "seed_study"
@@ -71,25 +74,15 @@ def parse_args(argv=None):
     i.add_argument("compare_json")
     i.add_argument("--results", default=str(RESULTS))
     i.add_argument("--skip", nargs="*", default=[], metavar="SYSTEM:SEED", help="runs to leave out (to rerun)")
+    g = sub.add_parser("import-grid", help="file bench/grid_vs_sequential.py's single runs into the study as buckets")
+    g.add_argument("grid_json")
+    g.add_argument("--commit", required=True, help="the flaxft commit the runs used (that result does not record it)")
+    g.add_argument("--results", default=str(RESULTS))
     return p.parse_args(argv)
 
 
 def run_path(results: pathlib.Path, task: str, system: str, seed: int) -> pathlib.Path:
     return results / task / system / f"seed{seed}.json"
-
-
-def commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "flaxft", "bench", "configs"], cwd=HERE,
-                           capture_output=True, text=True).stdout.strip()
-    return out.stdout.strip() + ("+dirty" if dirty else "")
-
-
-def cpu() -> str:
-    """The CPU as XLA and PyTorch see it (family/model tell e.g. AMD Zen 3 from Zen 4: results' rounding differs)."""
-    info = pathlib.Path("/proc/cpuinfo").read_text() if pathlib.Path("/proc/cpuinfo").exists() else ""
-    field = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in info.splitlines()[:30]) if v}
-    return f"{field.get('model name', '?')} family {field.get('cpu family', '?')} model {field.get('model', '?')}"
 
 
 def run_one(args, task: str, system: str, seed: int, target: pathlib.Path) -> None:
@@ -155,6 +148,41 @@ def import_compare(args) -> None:
             target.write_text(json.dumps({**r, "study_system": system, "imported_from": args.compare_json},
                                          indent=1) + "\n")
             print(f"imported {target}")
+
+
+def import_grid(args) -> None:
+    """The single runs of a grid-vs-sequential benchmark are default runs (one bucket per batch, hash bits): the
+    study's `buckets` system, if the recipe is the study's. Each one's final evaluation is read from its
+    metrics.jsonl (as bench/flaxft_run.py reads it); a seed already in the study is compared, not replaced."""
+    bench = json.loads(pathlib.Path(args.grid_json).read_text())
+    a = bench["args"]
+    if (a["epochs"], a["batch_size"], a["lr"], a["set"]) != (3, 32, 5e-5, []):
+        sys.exit(f"{args.grid_json}: not the study's recipe (3 epochs, batch 32, lr 5e-5, no overrides)")
+    results = pathlib.Path(args.results)
+    for name, run in bench["runs"].items():
+        if not name.startswith("seed-"):
+            continue
+        seed, s = int(name[len("seed-"):]), run["summary"]
+        events = [json.loads(line) for line in (pathlib.Path(a["workdir"]) / name / "metrics.jsonl").read_text(
+            encoding="utf-8").splitlines() if line.strip()]
+        final = [e for e in events if "eval_loss" in e][-1]
+        metrics = {k[len("eval_"):]: v for k, v in final.items() if k.startswith("eval_") and k != "eval_loss"}
+        target = run_path(results, a["task"], "buckets", seed)
+        if target.exists():
+            earlier = json.loads(target.read_text())["metrics"]
+            print(f"{target} is there: {earlier}; the grid benchmark's run: {metrics}"
+                  f" ({'equal' if earlier == metrics else 'DIFFERENT'})")
+            continue
+        result = {"system": "flaxft buckets", "task": a["task"], "seed": seed, "epochs": s["epochs"],
+                  "global_step": s["global_step"], "batch_size": a["batch_size"], "learning_rate": a["lr"],
+                  "dtype": "float32", **{k: s[k] for k in ("train_seconds", "train_samples_per_second",
+                                                           "train_tokens_per_second", "padding_efficiency",
+                                                           "compile_seconds", "eval_seconds")},
+                  "metrics": metrics, "study_system": "buckets", "commit": args.commit, "cpu": cpu(),
+                  "command": run["command"], "wall_seconds": run["wall_s"], "imported_from": args.grid_json}
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"imported {target}: {metrics}")
 
 
 def load(results: pathlib.Path, tasks) -> dict:
@@ -227,6 +255,8 @@ def main(argv=None) -> None:
         run_study(args)
     elif args.command == "import":
         import_compare(args)
+    elif args.command == "import-grid":
+        import_grid(args)
     else:
         print(report(args))
 
