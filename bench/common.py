@@ -1,6 +1,7 @@
 """Arguments every benchmark run takes, so flaxft and the HF Trainer are always run alike."""
 
 import argparse
+import json
 import os
 import pathlib
 import subprocess
@@ -53,8 +54,9 @@ def run_on_allocator(allocator: str) -> str:
 def commit() -> str:
     """The checkout's commit, +dirty when flaxft/, bench/ (results aside) or configs/ have changes not committed."""
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "flaxft", "bench", "configs", ":(exclude)bench/results"], cwd=BENCH.parent,
-                           capture_output=True, text=True).stdout.strip()
+    paths = ["flaxft", "bench", "configs", ":(exclude)bench/results"]
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=BENCH.parent, capture_output=True,
+                           text=True).stdout.strip()
     return out.stdout.strip() + ("+dirty" if dirty else "")
 
 
@@ -63,3 +65,11 @@ def cpu() -> str:
     info = pathlib.Path("/proc/cpuinfo").read_text() if pathlib.Path("/proc/cpuinfo").exists() else ""
     field = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in info.splitlines()[:30]) if v}
     return f"{field.get('model name', '?')} family {field.get('cpu family', '?')} model {field.get('model', '?')}"
+
+
+def final_eval_metrics(output_dir) -> dict:
+    """A flaxft run's final evaluation, {metric: value} without eval_loss: the last evaluation record of its
+    metrics.jsonl (summary.json mixes the metrics with run-level keys such as eval_seconds)."""
+    lines = (pathlib.Path(output_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    final = [e for e in map(json.loads, filter(str.strip, lines)) if "eval_loss" in e][-1]
+    return {k[len("eval_"):]: v for k, v in final.items() if k.startswith("eval_") and k != "eval_loss"}

@@ -23,7 +23,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import run_on_allocator, run_parser  # noqa: E402  (bench/ is on sys.path when run as a script)
+from common import final_eval_metrics, run_on_allocator, run_parser  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def parse_args(argv=None):
@@ -93,12 +93,7 @@ def main(argv=None) -> None:
 
     from roofline import token_stats
 
-    # The final evaluation's metrics: the last evaluation record of metrics.jsonl (summary.json mixes them
-    # with run-level keys such as eval_seconds).
-    lines = (pathlib.Path(output_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    events = [json.loads(line) for line in lines if line.strip()]
-    final_eval = [e for e in events if "eval_loss" in e][-1]
-    metrics = {k[len("eval_"):]: v for k, v in final_eval.items() if k.startswith("eval_") and k != "eval_loss"}
+    metrics = final_eval_metrics(output_dir)
     result = {
         "system": (f"flaxft fixed-{args.fixed_length}" if args.fixed_length
                    else "flaxft packed" if args.packing else "flaxft buckets"),

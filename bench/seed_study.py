@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 
-from common import commit, cpu  # noqa: E402  (bench/ is on sys.path when run as a script)
+from common import commit, cpu, final_eval_metrics  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 HERE = pathlib.Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "seed_study"
@@ -153,7 +153,7 @@ def import_compare(args) -> None:
 def import_grid(args) -> None:
     """The single runs of a grid-vs-sequential benchmark are default runs (one bucket per batch, hash bits): the
     study's `buckets` system, if the recipe is the study's. Each one's final evaluation is read from its
-    metrics.jsonl (as bench/flaxft_run.py reads it); a seed already in the study is compared, not replaced."""
+    metrics.jsonl, as bench/flaxft_run.py reads it; a seed already in the study is compared, not replaced."""
     bench = json.loads(pathlib.Path(args.grid_json).read_text())
     a = bench["args"]
     if (a["epochs"], a["batch_size"], a["lr"], a["set"]) != (3, 32, 5e-5, []):
@@ -163,10 +163,7 @@ def import_grid(args) -> None:
         if not name.startswith("seed-"):
             continue
         seed, s = int(name[len("seed-"):]), run["summary"]
-        events = [json.loads(line) for line in (pathlib.Path(a["workdir"]) / name / "metrics.jsonl").read_text(
-            encoding="utf-8").splitlines() if line.strip()]
-        final = [e for e in events if "eval_loss" in e][-1]
-        metrics = {k[len("eval_"):]: v for k, v in final.items() if k.startswith("eval_") and k != "eval_loss"}
+        metrics = final_eval_metrics(pathlib.Path(a["workdir"]) / name)
         target = run_path(results, a["task"], "buckets", seed)
         if target.exists():
             earlier = json.loads(target.read_text())["metrics"]
