@@ -2,12 +2,13 @@
 
     python bench/label_mix.py --model DIR --glue ../shared/data/glue [--tasks mrpc rte] [--seeds 42 ... 49]
 
-For each task and batching (one-bucket batches, packed rows, and the Trainer's batches padded to buckets:
-random = data.length_grouping=none, its group_by_length mega-batches = data.length_grouping=megabatch) it plans epoch 0 for every seed exactly as training does and scores each batch's
-share of the positive class (label 1) against the split's share p as a binomial z-score,
-z = (share - p) / sqrt(p (1 - p) / n), n = the batch's examples. Random batches give a z spread of ~1 (a little
-under: they are drawn without replacement); a spread above that, or more than ~5 % of batches beyond |z| > 2,
-means batches are label-skewed.
+For each task and batching (one-bucket batches, packed rows, the Trainer's batches padded to buckets:
+random = data.length_grouping=none, its group_by_length mega-batches = data.length_grouping=megabatch, and
+one-bucket batches dealt out by class = data.stratify_labels=true) it plans epoch 0 for every seed exactly as
+training does and scores each batch's share of the positive class (label 1) against the split's share p as a
+binomial z-score (flaxft.data.label_mix). Random batches give a z spread of ~1 (a little under: they are drawn
+without replacement); a spread above that, or more than ~5 % of batches beyond |z| > 2, means batches are
+label-skewed.
 """
 
 from __future__ import annotations
@@ -22,19 +23,25 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from flaxft.config import DataConfig  # noqa: E402
 from flaxft.data import buckets, packing  # noqa: E402
+from flaxft.data.label_mix import batch_label_z  # noqa: E402
 from flaxft.data.prepare import prepare  # noqa: E402
 from flaxft.data.sources import load_splits  # noqa: E402
 from flaxft.data.tasks import get_task  # noqa: E402
 from flaxft.data.tokenize import load_tokenizer  # noqa: E402
 
 
-def plan(name: str, lengths, boundaries, seed: int, batch_size: int = 32, packed_length: int = 128, slots: int = 32):
+BATCHINGS = {"buckets": "bucket", "packed": None, "random": "none", "megabatch": "megabatch",
+             "buckets-stratified": "bucket"}  # name -> data.length_grouping
+
+
+def plan(name: str, lengths, labels, boundaries, seed: int, batch_size: int = 32, packed_length: int = 128,
+         slots: int = 32):
     if name == "packed":
         rows = packing.pack(lengths, packed_length, slots, seed=seed)
         return packing.plan_epoch(lengths, packed_length, slots, packing.rows_per_step(rows, batch_size, 1),
                                   seed=seed, epoch=0)
     return buckets.plan_batches(lengths, boundaries, batch_size, shuffle=True, seed=seed, epoch=0,
-                                grouping={"buckets": "bucket", "random": "none"}.get(name, name))
+                                grouping=BATCHINGS[name], labels=labels if name.endswith("-stratified") else None)
 
 
 def main() -> None:
@@ -52,15 +59,9 @@ def main() -> None:
         data = prepare(d, 32, load_splits(d), tokenizer, token_type_ids=True)
         train = data.splits["train"]
         share = float(train.labels.mean())
-        for name in ("buckets", "packed", "random", "megabatch"):
-            z = []
-            for seed in args.seeds:
-                for b in plan(name, train.lengths, data.boundaries, seed):
-                    ids = b.indices.reshape(-1)
-                    ids = ids[ids != buckets.FILLER]
-                    if len(ids) >= 16:  # the part-filled last batch of a bucket says little
-                        z.append((train.labels[ids].mean() - share) / np.sqrt(share * (1 - share) / len(ids)))
-            z = np.asarray(z)
+        for name in BATCHINGS:
+            z = np.concatenate([batch_label_z(plan(name, train.lengths, train.labels, data.boundaries, seed),
+                                              train.labels) for seed in args.seeds])
             print(f"| {task} | {share:.3f} | {data.boundaries} | {name} | {len(z)} | {z.std():.2f} | "
                   f"{100 * np.mean(np.abs(z) > 2):.1f} % |", flush=True)
 

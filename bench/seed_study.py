@@ -44,6 +44,8 @@ SYSTEMS = {
     # they separate batch composition from everything else
     "buckets-random": ("flaxft_run.py", ["--set", "data.packing=false", "data.length_grouping=none"]),
     "buckets-megabatch": ("flaxft_run.py", ["--set", "data.packing=false", "data.length_grouping=megabatch"]),
+    # one-bucket batches dealt out by class: each holds its bucket's label shares (label skew off, lengths kept)
+    "buckets-stratified": ("flaxft_run.py", ["--set", "data.packing=false", "data.stratify_labels=true"]),
 }
 COMPARE_NAMES = {"flaxft": "buckets", "flaxft-packed": "packed", "hf": "hf"}  # bench/compare.py's system names
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,

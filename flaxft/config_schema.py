@@ -66,6 +66,9 @@ class DataConfig:
                                             "up to 50 batches, sorted by length and cut into batches) or none (the HF Trainer's "
                                             "default random batches); megabatch and none pad each batch to the smallest bucket "
                                             "that fits it. Not with packing or a grid unless bucket.")
+    stratify_labels: bool = _field(False, "Single-label classification, bucket or none batches: deal each bucket's (none: the "
+                                          "split's) shuffled examples out class by class, so every training batch holds the "
+                                          "classes in the bucket's shares (+-1 example) instead of a random draw's.")
     packing: bool = _field(False, "Train on packed rows: several examples per row of one length (one compiled train shape); "
                                   "train.batch_size is then the mean number of examples per step.")
     packed_length: Optional[int] = _field(None, "Packed row length (null: max_seq_length rounded up to pad_to_multiple_of).")
@@ -226,6 +229,11 @@ def validate(cfg: Config) -> None:
          f"data.length_grouping={d.length_grouping} gives each seed batches of its own lengths, which a grid "
          "(train.seeds or a list of learning rates) cannot stack; use data.length_grouping=bucket or "
          "data.packing=true for a grid")
+    need(not d.stratify_labels or not d.packing,
+         "data.stratify_labels=true deals out padded batches but data.packing=true packs rows; set one of them")
+    need(not d.stratify_labels or d.length_grouping != "megabatch",
+         "data.stratify_labels=true is undone by data.length_grouping=megabatch, which sorts each mega-batch by length; "
+         "use it with bucket or none")
     for key in ("max_train_samples", "max_eval_samples"):
         limit = getattr(d, key)
         need(limit is None or limit >= 1, f"data.{key}={limit} must be at least 1; unset it to use every row")

@@ -80,9 +80,11 @@ class Trainer:
         seeds = self.grid.seeds if self.grid else (t.seed,)
         plans = [training_plan(config.data, t, s.data, data_parallel_size(s.mesh), seed) for seed in seeds]
         self.plan = GridPlan(tuple(plans), tuple(self.grid.seed_index)) if self.grid else plans[0]
+        d = config.data
         self.plan_description = (f"packed rows of {plans[0].length}" if plans[0].slots
-                                 else f"buckets {s.data.boundaries}" + ("" if config.data.length_grouping == "bucket"
-                                                                        else f" ({config.data.length_grouping} batches)"))
+                                 else f"buckets {s.data.boundaries}" + ("" if d.length_grouping == "bucket"
+                                                                        else f" ({d.length_grouping} batches)")
+                                 + (", label-stratified batches" if d.stratify_labels else ""))
         if self.grid:
             self.plan_description += f"; a grid of {self.grid.size} replicas (seeds {list(self.grid.seeds)} x " \
                                      f"learning rates {list(self.grid.learning_rates)})"

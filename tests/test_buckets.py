@@ -112,3 +112,50 @@ def test_megabatch_order_is_the_hf_trainers(n):
     expected = get_length_grouped_indices(lengths.tolist(), 32, generator=torch.Generator().manual_seed(n))
     permutation = torch.randperm(n, generator=torch.Generator().manual_seed(n)).numpy()
     assert buckets.length_grouped(permutation, lengths, 32).tolist() == expected
+
+
+def _skewed_labels(lengths, seed=0):
+    """Binary labels whose share of class 1 grows with length (MRPC's paraphrase share per bucket runs 0.62-0.73)."""
+    return (np.random.default_rng(seed).random(len(lengths)) < 0.45 + 0.4 * lengths / lengths.max()).astype(np.int32)
+
+
+@pytest.mark.parametrize("grouping", ["bucket", "none"])
+def test_stratified_batches_hold_their_buckets_class_shares(grouping):
+    """data.stratify_labels: the same examples and batch shapes, each full batch holding its bucket's (grouping none:
+    the split's) class shares to within one example, where the unstratified batches stray further."""
+    lengths, bounds = _lengths(1000, seed=5), [32, 64, 96, 128]
+    labels = _skewed_labels(lengths)
+    plain = buckets.plan_batches(lengths, bounds, 32, shuffle=True, seed=1, epoch=2, grouping=grouping)
+    plan = buckets.plan_batches(lengths, bounds, 32, shuffle=True, seed=1, epoch=2, grouping=grouping, labels=labels)
+    ids = np.concatenate([b.indices for b in plan])
+    assert sorted(ids[ids != buckets.FILLER].tolist()) == list(range(1000))
+    if grouping == "bucket":  # which bucket comes when is unchanged, so a grid of seeds still stacks
+        assert [b.length for b in plan] == [b.length for b in plain]
+    bucket_of = buckets.assign(lengths, bounds)
+
+    def worst_miss(batches):
+        misses = []
+        for b in batches:
+            real = b.indices[b.indices != buckets.FILLER]
+            if len(real) == 32:
+                pool = np.flatnonzero(bucket_of == bucket_of[real[0]]) if grouping == "bucket" else np.arange(1000)
+                misses.append(abs(labels[real].sum() - 32 * labels[pool].mean()))
+        return max(misses)
+
+    assert worst_miss(plan) < 1 < 3 < worst_miss(plain)
+    again = buckets.plan_batches(lengths, bounds, 32, shuffle=True, seed=1, epoch=2, grouping=grouping, labels=labels)
+    assert all((a.indices == b.indices).all() for a, b in zip(plan, again))
+    for other in ({"seed": 2, "epoch": 2}, {"seed": 1, "epoch": 3}):
+        moved = buckets.plan_batches(lengths, bounds, 32, shuffle=True, grouping=grouping, labels=labels, **other)
+        assert any((a.indices != b.indices).any() for a, b in zip(plan, moved))
+
+
+def test_stratified_deals_every_class_evenly():
+    """Three classes of unequal size: every window of 30 holds each class's share to within two examples."""
+    rng = np.random.default_rng(0)
+    labels = rng.choice(3, 900, p=[0.6, 0.3, 0.1])
+    order = buckets.stratified(rng.permutation(900), labels, rng)
+    assert sorted(order.tolist()) == list(range(900))
+    for start in range(0, 900, 30):
+        counts = np.bincount(labels[order[start:start + 30]], minlength=3)
+        assert np.all(np.abs(counts - 30 * np.bincount(labels) / 900) < 2)

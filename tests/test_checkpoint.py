@@ -215,6 +215,7 @@ def test_corrupt_checkpoints_are_one_clear_line(trained_run, tiny_model, toy_dat
     ("data.bucket_boundaries=[64]", ["buckets=[48], not [64]"]),
     ("train.optimizer=lion", ["train.optimizer=adamw, not lion"]),
     ("data.length_grouping=megabatch", ["data.length_grouping=bucket, not megabatch"]),
+    ("data.stratify_labels=true", ["data.stratify_labels=False, not True"]),
 ])
 def test_incompatible_checkpoint_is_one_clear_line(override, words, trained_run, tiny_model, toy_data, tmp_path,
                                                     capsys):

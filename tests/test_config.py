@@ -70,6 +70,8 @@ def test_bad_overrides(override, words):
     (["data.length_grouping=megabatch", "train.seeds=[1,2]"], ["grid", "data.packing=true"]),
     (["data.length_grouping=none", "train.learning_rate=[1e-5,2e-5]"], ["grid"]),
     (["data.length_grouping=sorted"], ["'sorted'", "bucket, megabatch, none"]),
+    (["data.stratify_labels=true", "data.packing=true"], ["data.stratify_labels=true", "data.packing=true"]),
+    (["data.stratify_labels=true", "data.length_grouping=megabatch"], ["megabatch", "sorts each mega-batch"]),
 ])
 def test_trainer_style_batches_exclude_packing_and_grids(overrides, words):
     with pytest.raises(FlaxftError) as e:

@@ -7,7 +7,7 @@ filler rows (index -1) that carry zero weight, so no example is dropped and none
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import numpy as np
 
@@ -104,8 +104,8 @@ def collate(split: TokenizedSplit, indices: np.ndarray, length: int, pad_id=None
     return batch if split.type_ids is None else {**batch, "token_type_ids": token_type_ids}
 
 
-def plan_batches(lengths: np.ndarray, boundaries: list[int], batch_size: int, *,
-                 shuffle: bool, seed: int = 0, epoch: int = 0, grouping: str = "bucket") -> list[BucketBatch]:
+def plan_batches(lengths: np.ndarray, boundaries: list[int], batch_size: int, *, shuffle: bool, seed: int = 0,
+                 epoch: int = 0, grouping: str = "bucket", labels: Optional[np.ndarray] = None) -> list[BucketBatch]:
     """Group examples into batches, each padded to one bucket length.
 
     grouping="bucket", shuffle=True (training): each batch holds one bucket's examples; members of each bucket are
@@ -118,11 +118,15 @@ def plan_batches(lengths: np.ndarray, boundaries: list[int], batch_size: int, *,
     get_length_grouped_indices): the permuted split cut into mega-batches of min(50, n // (4 * batch_size)) batches,
     each sorted by length (longest first) and cut into batches. Either pads each batch to the bucket of its longest
     example, so its shape, and the order of shapes, depends on the seed.
+    labels (class ids; training with grouping bucket or none): each bucket's (none: the split's) permuted examples are
+    dealt out class by class (`stratified`), so every batch holds the classes in its bucket's (the split's) shares.
     """
     bucket_of = assign(lengths, boundaries)
     rng = np.random.default_rng([seed, epoch])
     if grouping != "bucket":
         order = rng.permutation(len(lengths))
+        if labels is not None:
+            order = stratified(order, labels, rng)
         if grouping == "megabatch":
             order = length_grouped(order, lengths, batch_size)
         order = np.concatenate([order, np.full(-len(order) % batch_size, FILLER, dtype=order.dtype)])
@@ -133,6 +137,8 @@ def plan_batches(lengths: np.ndarray, boundaries: list[int], batch_size: int, *,
         members = np.flatnonzero(bucket_of == b)
         if shuffle:
             members = rng.permutation(members)
+            if labels is not None:
+                members = stratified(members, labels, rng)
         for start in range(0, len(members), batch_size):
             rows = members[start:start + batch_size]
             rows = np.concatenate([rows, np.full(batch_size - len(rows), FILLER, dtype=rows.dtype)])
@@ -140,6 +146,19 @@ def plan_batches(lengths: np.ndarray, boundaries: list[int], batch_size: int, *,
     if shuffle:  # batch counts per bucket depend on the lengths only: this order is the same for every seed
         batches = [batches[i] for i in np.random.default_rng([BATCH_ORDER_STREAM, epoch]).permutation(len(batches))]
     return batches
+
+
+def stratified(order: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`order` dealt out class by class: the k-th of a class's n members (in `order`'s order) goes to position
+    (k + u) / n of the result, u a random offset in [0, 1) per class. Every run of B consecutive examples then holds
+    B x each class's share of `order`, to within one example with two classes (about two with five); random batches
+    of 32 at MRPC's 68 % paraphrases spread by +-2.6 examples (one standard deviation)."""
+    classes = labels[order]
+    keys = np.empty(len(order))
+    for c in np.unique(classes):
+        members = np.flatnonzero(classes == c)
+        keys[members] = (np.arange(len(members)) + rng.random()) / len(members)
+    return order[np.argsort(keys, kind="stable")]
 
 
 def length_grouped(order: np.ndarray, lengths: np.ndarray, batch_size: int) -> np.ndarray:

@@ -12,6 +12,7 @@ import numpy as np
 from flaxft.data import buckets, packing
 from flaxft.data.sources import RawData
 from flaxft.data.tokenize import TokenizedSplit, tokenize_split
+from flaxft.errors import FlaxftError
 
 log = logging.getLogger("flaxft")
 
@@ -53,12 +54,13 @@ class BucketPlan:
     rows_per_step: int
     seed: int
     length_grouping: str = "bucket"
+    labels: Optional[np.ndarray] = None  # class ids: batches dealt out class by class (data.stratify_labels)
     slots = None
     info: dict = dataclasses.field(default_factory=dict)
 
     def epoch(self, epoch: int) -> list[buckets.BucketBatch]:
         return buckets.plan_batches(self.lengths, self.boundaries, self.rows_per_step, shuffle=True, seed=self.seed,
-                                    epoch=epoch, grouping=self.length_grouping)
+                                    epoch=epoch, grouping=self.length_grouping, labels=self.labels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,13 +78,23 @@ class PackedPlan:
                                   epoch=epoch)
 
 
+def _class_ids(data: RunData) -> np.ndarray:
+    labels = data.splits["train"].labels
+    if labels.ndim != 1 or labels.dtype.kind != "i":
+        kind = "multi-label rows" if labels.ndim != 1 else "regression targets"
+        raise FlaxftError(f"data.stratify_labels=true deals training batches out by class, but this task's labels are "
+                          f"{kind}; set data.stratify_labels=false")
+    return labels
+
+
 def training_plan(d, t, data: RunData, data_parallel: int, seed: Optional[int] = None) -> Union[BucketPlan, PackedPlan]:
     """The plan `data.packing` asks for, shuffled by `seed` (default train.seed); `data_parallel` devices x
     micro-batches must divide a step's rows."""
     seed = t.seed if seed is None else seed
     lengths = data.splits["train"].lengths
     if not d.packing:
-        return BucketPlan(lengths, data.boundaries, t.batch_size, seed, d.length_grouping)
+        return BucketPlan(lengths, data.boundaries, t.batch_size, seed, d.length_grouping,
+                          _class_ids(data) if d.stratify_labels else None)
     length = d.packed_length or int(buckets.round_up(d.max_seq_length, d.pad_to_multiple_of))
     rows = packing.pack(lengths, length, d.max_examples_per_row, seed=seed)
     per_step = packing.rows_per_step(rows, t.batch_size, data_parallel * t.grad_accum_steps)
