@@ -2,14 +2,15 @@
 
     python bench/seed_study.py run --model DIR --glue ../shared/data/glue --tasks mrpc rte \
         --seeds 42 43 44 45 46 47 48 49 --systems packed hf buckets buckets-threefry
-    python bench/seed_study.py report [--tasks mrpc rte] [--markdown]
+    python bench/seed_study.py report [--tasks mrpc rte] [--markdown] [--against buckets]
 
 Every run is one fresh process (bench/flaxft_run.py or bench/hf_trainer.py, the same recipe for every system:
 3 epochs, batch 32, lr 5e-5 unless told) and lands as one JSON file, results/<task>/<system>/seed<N>.json, the
 moment it ends. `run` skips the runs whose file is already there, so a study is extended across sittings by
 running the same command again (with more seeds or systems); runs go seed by seed, so the paired comparison
 grows evenly. `report` prints, per task, each system's mean and standard deviation over its seeds, and its
-per-seed differences from the Trainer on the seeds both have (mean, std, and a 95 % t-interval of the mean).
+per-seed differences from the Trainer (--against: another system) on the seeds both have (mean, std, and a 95 %
+t-interval of the mean).
 
 `import EARLIER.json` files the runs of a bench/compare.py result (same recipe) into the study, marked with
 where they came from; `import-grid GRID.json --commit C` files bench/grid_vs_sequential.py's single runs (the
@@ -72,6 +73,8 @@ def parse_args(argv=None):
     q.add_argument("--results", default=str(RESULTS))
     q.add_argument("--tasks", nargs="+")
     q.add_argument("--markdown", action="store_true")
+    q.add_argument("--against", default="hf", metavar="SYSTEM",
+                   help="pair every system's seeds with this one's (buckets: the A/Bs against today's default)")
     i = sub.add_parser("import", help="file a bench/compare.py result's runs into the study")
     i.add_argument("compare_json")
     i.add_argument("--results", default=str(RESULTS))
@@ -212,28 +215,31 @@ def report(args) -> str:
     lines = []
     for task, systems in load(pathlib.Path(args.results), args.tasks).items():
         metric_keys = list(next(iter(next(iter(systems.values())).values()))["metrics"])
-        hf = systems.get("hf", {})
+        base_name = args.against
+        base = systems.get(base_name, {})
+        shown = "HF" if base_name == "hf" else base_name
         lines += [f"### {task.upper()}", "",
                   "| system | seeds | " + " | ".join(f"dev {k} mean +- std" for k in metric_keys)
-                  + " | train samples/s (machine shared: not a speed result) | " + " | ".join(f"{k} - HF, paired: mean +- std [95 % CI]" for k in metric_keys)
+                  + " | train samples/s (machine shared: not a speed result) | "
+                  + " | ".join(f"{k} - {shown}, paired: mean +- std [95 % CI]" for k in metric_keys)
                   + " | paired seeds |",
                   "|---|---|" + "---:|" * (2 * len(metric_keys) + 2)]
-        for system in sorted(systems, key=lambda s: (s != "hf", s)):
+        for system in sorted(systems, key=lambda s: (s != base_name, s)):
             runs = systems[system]
             cells = [system, " ".join(str(s) for s in sorted(runs))]
             for k in metric_keys:
                 m, s = mean_std([100 * r["metrics"][k] for r in runs.values()])
                 cells.append(f"{m:.2f} +- {s:.2f}")
             cells.append(f"{statistics.mean(r['train_samples_per_second'] for r in runs.values()):.1f}")
-            paired = sorted(set(runs) & set(hf))
+            paired = sorted(set(runs) & set(base))
             for k in metric_keys:
-                if system == "hf" or len(paired) < 1:
+                if system == base_name or len(paired) < 1:
                     cells.append("")
                     continue
-                d = [100 * (runs[s]["metrics"][k] - hf[s]["metrics"][k]) for s in paired]
+                d = [100 * (runs[s]["metrics"][k] - base[s]["metrics"][k]) for s in paired]
                 m, s = mean_std(d)
                 cells.append(f"{m:+.2f} +- {s:.2f} {interval(d)}")
-            cells.append("" if system == "hf" else str(len(paired)))
+            cells.append("" if system == base_name else str(len(paired)))
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", f"Per seed ({' / '.join(metric_keys[:2])}):", "",
                   "| system | " + " | ".join(str(s) for s in sorted({s for r in systems.values() for s in r})) + " |",
