@@ -14,9 +14,12 @@ from flaxft.schedules import hf_schedule
 
 
 def decay_mask(params):
-    """Decay kernels and embeddings; skip biases and LayerNorm scales (as BERT and the HF course do)."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: getattr(path[-1], "key", None) in ("kernel", "embedding"), params)
+    """Decay kernels and embeddings; skip biases, LayerNorm scales and attention-bias tables (MPNet's relative
+    position bias): the HF Trainer's rule, which skips every parameter with "bias" or a norm in its name."""
+    def decayed(path, _):
+        names = [str(getattr(k, "key", "")) for k in path]
+        return names[-1] in ("kernel", "embedding") and not any("bias" in n for n in names)
+    return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def warmup_steps_for(cfg: TrainConfig, total_steps: int) -> int:

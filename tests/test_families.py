@@ -17,6 +17,7 @@ from flaxft.data import packing
 from flaxft.data.tokenize import TokenizedSplit
 from flaxft.errors import FlaxftError
 from flaxft.model import build, config_from_hf, load_pretrained, params_to_state_dict, read_config
+from flaxft.optim import decay_mask
 from tests.minilm_families import minilm_as
 
 VOCAB = 99
@@ -142,6 +143,19 @@ def test_gradients_match_transformers(family_case):
     """Every parameter's gradient equals PyTorch's (the last layer computes only the [CLS] rows)."""
     case, model, folder, config, params = family_case
     assert_gradients_match(model, config, params, *mixed_batch(model.config.pad_token_id or 0, seed=1))
+
+
+def test_weight_decay_falls_where_the_trainers_does(family_case):
+    """flaxft's decay mask, in the family's Hugging Face names, is the HF Trainer's get_decay_parameter_names:
+    every weight but biases and norms (embeddings and relative-position tables decayed)."""
+    case, model, folder, config, params = family_case
+    flags = jax.tree.map(lambda p, decayed: np.full(p.shape, float(decayed), np.float32), params, decay_mask(params))
+    ours = {k: v for k, v in params_to_state_dict(flags, config).items()}
+    theirs = set(transformers.Trainer.get_decay_parameter_names(None, model))
+    names = [name for name, _ in model.named_parameters()]
+    assert set(names) <= set(ours) and any(n in theirs for n in names) and any(n not in theirs for n in names)
+    for name in names:
+        assert np.all(ours[name] == float(name in theirs)), name
 
 
 def assert_gradients_match(model, config, params, ids, mask, types):
