@@ -4,7 +4,8 @@
 
 For each task and batching (one-bucket batches, packed rows, the Trainer's batches padded to buckets:
 random = data.length_grouping=none, its group_by_length mega-batches = data.length_grouping=megabatch, and
-one-bucket batches dealt out by class = data.stratify_labels=true) it plans epoch 0 for every seed exactly as
+one-bucket batches dealt out by class = data.stratify_labels=true, and one-bucket batches whose leftovers join
+the next bucket = data.carry_leftovers=true) it plans epoch 0 for every seed exactly as
 training does and scores each batch's share of the positive class (label 1) against the split's share p as a
 binomial z-score (flaxft.data.label_mix). Random batches give a z spread of ~1 (a little under: they are drawn
 without replacement); a spread above that, or more than ~5 % of batches beyond |z| > 2, means batches are
@@ -30,8 +31,8 @@ from flaxft.data.tasks import get_task  # noqa: E402
 from flaxft.data.tokenize import load_tokenizer  # noqa: E402
 
 
-BATCHINGS = {"buckets": "bucket", "packed": None, "random": "none", "megabatch": "megabatch",
-             "buckets-stratified": "bucket"}  # name -> data.length_grouping
+BATCHINGS = {"buckets": {}, "packed": None, "random": {"grouping": "none"}, "megabatch": {"grouping": "megabatch"},
+             "buckets-stratified": {"stratify": True}, "buckets-carry": {"carry_leftovers": True}}  # plan_batches'
 
 
 def plan(name: str, lengths, labels, boundaries, seed: int, batch_size: int = 32, packed_length: int = 128,
@@ -40,8 +41,9 @@ def plan(name: str, lengths, labels, boundaries, seed: int, batch_size: int = 32
         rows = packing.pack(lengths, packed_length, slots, seed=seed)
         return packing.plan_epoch(lengths, packed_length, slots, packing.rows_per_step(rows, batch_size, 1),
                                   seed=seed, epoch=0)
+    kwargs = dict(BATCHINGS[name])
     return buckets.plan_batches(lengths, boundaries, batch_size, shuffle=True, seed=seed, epoch=0,
-                                grouping=BATCHINGS[name], labels=labels if name.endswith("-stratified") else None)
+                                labels=labels if kwargs.pop("stratify", False) else None, **kwargs)
 
 
 def main() -> None:

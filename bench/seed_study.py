@@ -38,7 +38,8 @@ RESULTS = HERE / "results" / "seed_study"
 SYSTEMS = {
     "hf": ("hf_trainer.py", []),
     "packed": ("flaxft_run.py", ["--packing"]),
-    "buckets": ("flaxft_run.py", ["--set", "data.packing=false", "train.dropout_rng=hash"]),
+    "buckets": ("flaxft_run.py", ["--set", "data.packing=false", "train.dropout_rng=hash", "data.length_grouping=bucket",
+                                  "data.stratify_labels=false", "data.carry_leftovers=false"]),
     "buckets-threefry": ("flaxft_run.py", ["--set", "data.packing=false", "train.dropout_rng=threefry"]),
     "packed-threefry": ("flaxft_run.py", ["--packing", "--set", "train.dropout_rng=threefry"]),
     # the Trainer's batches padded to buckets: random (its default) and its group_by_length=True mega-batches;
@@ -47,6 +48,10 @@ SYSTEMS = {
     "buckets-megabatch": ("flaxft_run.py", ["--set", "data.packing=false", "data.length_grouping=megabatch"]),
     # one-bucket batches dealt out by class: each holds its bucket's label shares (label skew off, lengths kept)
     "buckets-stratified": ("flaxft_run.py", ["--set", "data.packing=false", "data.stratify_labels=true"]),
+    # each bucket's leftovers join the next longer bucket: one part-filled batch per epoch (MRPC's own: 1 example)
+    "buckets-carry": ("flaxft_run.py", ["--set", "data.packing=false", "data.carry_leftovers=true"]),
+    "buckets-carry-stratified": ("flaxft_run.py", ["--set", "data.packing=false", "data.carry_leftovers=true",
+                                                   "data.stratify_labels=true"]),
 }
 COMPARE_NAMES = {"flaxft": "buckets", "flaxft-packed": "packed", "hf": "hf"}  # bench/compare.py's system names
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,

@@ -69,6 +69,10 @@ class DataConfig:
     stratify_labels: bool = _field(False, "Single-label classification, bucket or none batches: deal each bucket's (none: the "
                                           "split's) shuffled examples out class by class, so every training batch holds the "
                                           "classes in the bucket's shares (+-1 example) instead of a random draw's.")
+    carry_leftovers: bool = _field(False, "Bucket batches: the examples left over when a bucket is cut into full training "
+                                          "batches join the next longer bucket's (padded to it), so an epoch ends in one "
+                                          "part-filled batch, as the HF Trainer's, not one per bucket (which can hold a "
+                                          "single example yet take a whole optimizer step).")
     packing: bool = _field(False, "Train on packed rows: several examples per row of one length (one compiled train shape); "
                                   "train.batch_size is then the mean number of examples per step.")
     packed_length: Optional[int] = _field(None, "Packed row length (null: max_seq_length rounded up to pad_to_multiple_of).")
@@ -234,6 +238,9 @@ def validate(cfg: Config) -> None:
     need(not d.stratify_labels or d.length_grouping != "megabatch",
          "data.stratify_labels=true is undone by data.length_grouping=megabatch, which sorts each mega-batch by length; "
          "use it with bucket or none")
+    need(not d.carry_leftovers or (d.length_grouping == "bucket" and not d.packing),
+         "data.carry_leftovers=true moves examples between length buckets, so it needs data.length_grouping=bucket "
+         "and data.packing=false")
     for key in ("max_train_samples", "max_eval_samples"):
         limit = getattr(d, key)
         need(limit is None or limit >= 1, f"data.{key}={limit} must be at least 1; unset it to use every row")

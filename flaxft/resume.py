@@ -22,7 +22,8 @@ T = TypeVar("T")
 
 # What the arrays or the data order depend on: a checkpoint that differs in any of these cannot continue this run.
 MUST_MATCH = ("task", "label_names", "num_labels", "train.batch_size", "train.seed", "data.max_seq_length", "buckets",
-              "packing", "data.length_grouping", "data.stratify_labels", "train_examples", "steps_per_epoch", "model_config", "grid",
+              "packing", "data.length_grouping", "data.stratify_labels", "data.carry_leftovers",
+              "train_examples", "steps_per_epoch", "model_config", "grid",
               "train.optimizer")
 
 
@@ -54,7 +55,8 @@ def _flat(meta: dict) -> dict:
             # checkpoints from before these keys: adamw, one length bucket per batch, batches not stratified
             "train.optimizer": train.get("optimizer", "adamw"),
             "data.length_grouping": _length_grouping(cfg.get("data", {})),
-            "data.stratify_labels": cfg.get("data", {}).get("stratify_labels", False)}
+            "data.stratify_labels": cfg.get("data", {}).get("stratify_labels", False),
+            "data.carry_leftovers": cfg.get("data", {}).get("carry_leftovers", False)}
 
 
 def _length_grouping(data: dict) -> str:

@@ -84,7 +84,8 @@ class Trainer:
         self.plan_description = (f"packed rows of {plans[0].length}" if plans[0].slots
                                  else f"buckets {s.data.boundaries}" + ("" if d.length_grouping == "bucket"
                                                                         else f" ({d.length_grouping} batches)")
-                                 + (", label-stratified batches" if d.stratify_labels else ""))
+                                 + (", label-stratified batches" if d.stratify_labels else "")
+                                 + (", leftovers carried to the next bucket" if d.carry_leftovers else ""))
         if self.grid:
             self.plan_description += f"; a grid of {self.grid.size} replicas (seeds {list(self.grid.seeds)} x " \
                                      f"learning rates {list(self.grid.learning_rates)})"

@@ -159,3 +159,30 @@ def test_stratified_deals_every_class_evenly():
     for start in range(0, 900, 30):
         counts = np.bincount(labels[order[start:start + 30]], minlength=3)
         assert np.all(np.abs(counts - 30 * np.bincount(labels) / 900) < 2)
+
+
+@pytest.mark.parametrize("stratify", [False, True])
+def test_carried_leftovers_leave_one_part_filled_batch_per_epoch(stratify):
+    """data.carry_leftovers: a bucket's leftovers join the next longer bucket, so an epoch has the Trainer's batch
+    count, ceil(n / B), and one part-filled batch (the longest bucket's); the shapes are the same for every seed."""
+    lengths, bounds = _lengths(1000, seed=6), [32, 64, 96, 128]
+    labels = _skewed_labels(lengths) if stratify else None
+    own = buckets.plan_batches(lengths, bounds, 32, shuffle=True, seed=1, epoch=0, labels=labels)
+    plan = buckets.plan_batches(lengths, bounds, 32, shuffle=True, seed=1, epoch=0, labels=labels,
+                                carry_leftovers=True)
+    assert len(own) > len(plan) == -(-1000 // 32)
+    part_filled = [b for b in plan if (b.indices == buckets.FILLER).any()]
+    assert len(part_filled) == 1 and part_filled[0].length == bounds[-1]
+    assert sum((b.indices == buckets.FILLER).sum() for b in plan) == -1000 % 32
+    ids = np.concatenate([b.indices for b in plan])
+    assert sorted(ids[ids != buckets.FILLER].tolist()) == list(range(1000))
+    fits = np.asarray(bounds)[buckets.assign(lengths, bounds)]
+    carried = [i for b in plan for i in b.indices[b.indices != buckets.FILLER] if b.length > fits[i]]
+    assert 0 < len(carried) < 4 * 32 and all(lengths[i] <= b.length for b in plan for i in b.indices if i >= 0)
+    other_seed = buckets.plan_batches(lengths, bounds, 32, shuffle=True, seed=2, epoch=0, labels=labels,
+                                      carry_leftovers=True)
+    assert [b.length for b in other_seed] == [b.length for b in plan]  # a grid of seeds still stacks
+    assert any((a.indices != b.indices).any() for a, b in zip(plan, other_seed))
+    # evaluation keeps every bucket's own batches
+    assert [b.length for b in buckets.plan_batches(lengths, bounds, 32, shuffle=False, carry_leftovers=True)] == \
+        [b.length for b in buckets.plan_batches(lengths, bounds, 32, shuffle=False)]

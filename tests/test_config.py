@@ -72,6 +72,8 @@ def test_bad_overrides(override, words):
     (["data.length_grouping=sorted"], ["'sorted'", "bucket, megabatch, none"]),
     (["data.stratify_labels=true", "data.packing=true"], ["data.stratify_labels=true", "data.packing=true"]),
     (["data.stratify_labels=true", "data.length_grouping=megabatch"], ["megabatch", "sorts each mega-batch"]),
+    (["data.carry_leftovers=true", "data.packing=true"], ["data.carry_leftovers=true", "data.packing=false"]),
+    (["data.carry_leftovers=true", "data.length_grouping=none"], ["data.length_grouping=bucket"]),
 ])
 def test_trainer_style_batches_exclude_packing_and_grids(overrides, words):
     with pytest.raises(FlaxftError) as e:

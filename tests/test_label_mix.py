@@ -1,5 +1,6 @@
-"""The label mix of real training batches (issue #16): MRPC's length buckets differ in their paraphrase share, so
-one-bucket batches are more label-skewed than random ones; data.stratify_labels deals them out by class."""
+"""Real training batches (issue #16): MRPC's length buckets differ in their paraphrase share, so one-bucket batches
+are more label-skewed than random ones (data.stratify_labels deals them out by class), and each bucket ends in its
+own part-filled batch (data.carry_leftovers moves the leftovers up)."""
 
 import numpy as np
 import pytest
@@ -48,3 +49,16 @@ def test_stratify_labels_needs_class_labels(mrpc, glue_dir):
     stsb_data = prepare(stsb.data, 32, load_splits(stsb.data), data.tokenizer, token_type_ids=True)
     with pytest.raises(FlaxftError, match="regression targets; set data.stratify_labels=false"):
         training_plan(stsb.data, stsb.train, stsb_data, 1)
+
+
+def test_carried_leftovers_give_mrpc_the_trainers_batch_count(mrpc):
+    """MRPC's 80-token bucket ends in a one-example batch; data.carry_leftovers=true carries it (and the others'
+    leftovers) up, leaving the Trainer's ceil(3668 / 32) = 115 batches, one of them part-filled."""
+    cfg, data = mrpc
+    own, carried = (load_config(ROOT / "configs/glue/mrpc.yaml", [f"data.path={cfg.data.path}", "data.packing=false",
+                                                                   f"data.carry_leftovers={carry}"])
+                    for carry in ("false", "true"))
+    own_plan = training_plan(own.data, own.train, data, 1).epoch(0)
+    plan = training_plan(carried.data, carried.train, data, 1).epoch(0)
+    assert sorted(int((b.indices >= 0).sum()) for b in own_plan)[:4] == [1, 27, 28, 28]
+    assert len(plan) == 115 and sorted(int((b.indices >= 0).sum()) for b in plan)[:2] == [20, 32]

@@ -105,7 +105,8 @@ def collate(split: TokenizedSplit, indices: np.ndarray, length: int, pad_id=None
 
 
 def plan_batches(lengths: np.ndarray, boundaries: list[int], batch_size: int, *, shuffle: bool, seed: int = 0,
-                 epoch: int = 0, grouping: str = "bucket", labels: Optional[np.ndarray] = None) -> list[BucketBatch]:
+                 epoch: int = 0, grouping: str = "bucket", labels: Optional[np.ndarray] = None,
+                 carry_leftovers: bool = False) -> list[BucketBatch]:
     """Group examples into batches, each padded to one bucket length.
 
     grouping="bucket", shuffle=True (training): each batch holds one bucket's examples; members of each bucket are
@@ -120,6 +121,10 @@ def plan_batches(lengths: np.ndarray, boundaries: list[int], batch_size: int, *,
     example, so its shape, and the order of shapes, depends on the seed.
     labels (class ids; training with grouping bucket or none): each bucket's (none: the split's) permuted examples are
     dealt out class by class (`stratified`), so every batch holds the classes in its bucket's (the split's) shares.
+    carry_leftovers (training, grouping bucket): the examples left over when a bucket is cut into full batches join
+    the next longer bucket's (padded to its length), so only the longest bucket ends in a part-filled batch: one per
+    epoch, as the Trainer has, where each bucket's own can be tiny (MRPC's 80-token bucket: one example, a whole
+    optimizer step). The batch count per bucket still depends on the lengths only.
     """
     bucket_of = assign(lengths, boundaries)
     rng = np.random.default_rng([seed, epoch])
@@ -132,13 +137,16 @@ def plan_batches(lengths: np.ndarray, boundaries: list[int], batch_size: int, *,
         order = np.concatenate([order, np.full(-len(order) % batch_size, FILLER, dtype=order.dtype)])
         return [BucketBatch(int(boundaries[bucket_of[rows[rows != FILLER]].max()]), rows)
                 for rows in order.reshape(-1, batch_size)]
-    batches = []
+    batches, carried = [], np.empty(0, dtype=np.int64)
     for b, length in enumerate(boundaries):
         members = np.flatnonzero(bucket_of == b)
         if shuffle:
-            members = rng.permutation(members)
+            members = rng.permutation(np.concatenate([carried, members]) if carry_leftovers else members)
             if labels is not None:
                 members = stratified(members, labels, rng)
+            if carry_leftovers and b < len(boundaries) - 1:
+                full = len(members) - len(members) % batch_size
+                members, carried = members[:full], members[full:]
         for start in range(0, len(members), batch_size):
             rows = members[start:start + batch_size]
             rows = np.concatenate([rows, np.full(batch_size - len(rows), FILLER, dtype=rows.dtype)])

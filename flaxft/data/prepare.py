@@ -55,12 +55,14 @@ class BucketPlan:
     seed: int
     length_grouping: str = "bucket"
     labels: Optional[np.ndarray] = None  # class ids: batches dealt out class by class (data.stratify_labels)
+    carry_leftovers: bool = False        # a bucket's leftovers join the next longer bucket (data.carry_leftovers)
     slots = None
     info: dict = dataclasses.field(default_factory=dict)
 
     def epoch(self, epoch: int) -> list[buckets.BucketBatch]:
         return buckets.plan_batches(self.lengths, self.boundaries, self.rows_per_step, shuffle=True, seed=self.seed,
-                                    epoch=epoch, grouping=self.length_grouping, labels=self.labels)
+                                    epoch=epoch, grouping=self.length_grouping, labels=self.labels,
+                                    carry_leftovers=self.carry_leftovers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +96,7 @@ def training_plan(d, t, data: RunData, data_parallel: int, seed: Optional[int] =
     lengths = data.splits["train"].lengths
     if not d.packing:
         return BucketPlan(lengths, data.boundaries, t.batch_size, seed, d.length_grouping,
-                          _class_ids(data) if d.stratify_labels else None)
+                          _class_ids(data) if d.stratify_labels else None, d.carry_leftovers)
     length = d.packed_length or int(buckets.round_up(d.max_seq_length, d.pad_to_multiple_of))
     rows = packing.pack(lengths, length, d.max_examples_per_row, seed=seed)
     per_step = packing.rows_per_step(rows, t.batch_size, data_parallel * t.grad_accum_steps)
