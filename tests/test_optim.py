@@ -8,6 +8,7 @@ import functools
 import warnings
 
 import jax
+import optax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -104,17 +105,19 @@ def _torch_reference(name: str, groups: list[dict], lr: float, wd: float, cfg: T
                                   warmup_init=False)
 
 
-@pytest.mark.parametrize("name", ["adamw", "sgd", "adafactor"])
-def test_optimizers_equal_torch_and_transformers(name):
+@pytest.mark.parametrize("name, clip", [("adamw", 0.0), ("adamw", 1.0), ("sgd", 0.0), ("sgd", 1.0), ("adafactor", 0.0)])
+def test_optimizers_equal_torch_and_transformers(name, clip):
     """Four steps on a kernel (decayed) and a bias (not), random gradients, constant rate: the params equal
-    torch's AdamW / SGD(momentum, weight_decay) / transformers' Adafactor with a no-decay group for the bias."""
+    torch's AdamW / SGD(momentum, weight_decay) / transformers' Adafactor with a no-decay group for the bias;
+    train.max_grad_norm clips as the Trainer does (torch.nn.utils.clip_grad_norm_ over all of them first)."""
     lr, wd = 1e-2, 0.1
     cfg = TrainConfig(optimizer=name, learning_rate=lr, lr_schedule="constant", warmup_ratio=0.0, weight_decay=wd,
-                      max_grad_norm=0.0)
+                      max_grad_norm=clip)
     rng = np.random.default_rng(0)
     params = {"dense": {"kernel": rng.normal(size=(6, 4)).astype(np.float32),
                         "bias": rng.normal(size=4).astype(np.float32)}}
     grads = [jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params) for _ in range(4)]
+    assert not clip or all(optax.global_norm(g) > 2 * clip for g in grads)  # every step clipped
     kernel, bias = (torch.nn.Parameter(torch.tensor(params["dense"][k])) for k in ("kernel", "bias"))
     reference = _torch_reference(name, [{"params": [kernel]}, {"params": [bias], "weight_decay": 0.0}], lr, wd, cfg)
     tx = make_optimizer(cfg, 10)[0]
@@ -123,6 +126,8 @@ def test_optimizers_equal_torch_and_transformers(name):
         updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, ours)
         ours = jax.tree.map(lambda p, u: p + u, ours, updates)
         kernel.grad, bias.grad = torch.tensor(g["dense"]["kernel"]), torch.tensor(g["dense"]["bias"])
+        if clip:
+            torch.nn.utils.clip_grad_norm_([kernel, bias], clip)
         reference.step()
     np.testing.assert_allclose(ours["dense"]["kernel"], kernel.detach().numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ours["dense"]["bias"], bias.detach().numpy(), rtol=1e-5, atol=1e-6)
