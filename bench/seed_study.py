@@ -256,7 +256,30 @@ def report(args) -> str:
                                 if s in runs else "" for s in seeds]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    lines += target_table(load(pathlib.Path(args.results), args.tasks))
     return "\n".join(lines)
+
+
+def target_table(study: dict, min_seeds: int = 8) -> list[str]:
+    """Issue #16's bar for a default, per system and task: within 0.5 points of the Trainer's mean accuracy and F1
+    on the same seeds (the paired mean difference >= -0.5), on at least `min_seeds` seeds."""
+    lines = ["### Against the issue's bar (mean over the seeds shared with the Trainer >= its mean - 0.5 points; "
+             f"{min_seeds} seeds)", "", "| system | task | paired seeds | " + "accuracy - HF | f1 - HF | verdict |",
+             "|---|---|---:|---:|---:|---|"]
+    for system in sorted({s for systems in study.values() for s in systems} - {"hf"}):
+        for task, systems in study.items():
+            runs, hf = systems.get(system, {}), systems.get("hf", {})
+            paired = sorted(set(runs) & set(hf))
+            if not paired:
+                continue
+            diffs = {k: statistics.mean(100 * (runs[s]["metrics"][k] - hf[s]["metrics"][k]) for s in paired)
+                     for k in ("accuracy", "f1") if k in hf[paired[0]]["metrics"]}
+            ok = all(d >= -0.5 for d in diffs.values())
+            verdict = ("meets" if ok else "misses") + ("" if len(paired) >= min_seeds else " so far (too few seeds)")
+            lines.append(f"| {system} | {task} | {len(paired)} | {diffs['accuracy']:+.2f} | "
+                         f"{diffs['f1']:+.2f} | {verdict} |" if "f1" in diffs else
+                         f"| {system} | {task} | {len(paired)} | {diffs['accuracy']:+.2f} | | {verdict} |")
+    return lines + [""]
 
 
 def main(argv=None) -> None:
