@@ -52,7 +52,7 @@ def _flat(meta: dict) -> dict:
     train = cfg.get("train", {})
     return {**meta, "train.batch_size": train.get("batch_size"), "train.seed": train.get("seed"),
             "data.max_seq_length": cfg.get("data", {}).get("max_seq_length"),
-            # checkpoints from before these keys: adamw, one length bucket per batch, batches not stratified
+            # checkpoints from before these keys: adamw, one length bucket per batch, neither stratified nor carried
             "train.optimizer": train.get("optimizer", "adamw"),
             "data.length_grouping": _length_grouping(cfg.get("data", {})),
             "data.stratify_labels": cfg.get("data", {}).get("stratify_labels", False),
