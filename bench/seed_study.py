@@ -216,9 +216,15 @@ def interval(diffs: list[float]) -> str:
     return f"[{m - h:+.2f}, {m + h:+.2f}]"
 
 
+def paired_diffs(runs: dict, base: dict, key: str) -> list[float]:
+    """Points by which `runs` beat `base` on `key`, seed by seed, over the seeds both have."""
+    return [100 * (runs[s]["metrics"][key] - base[s]["metrics"][key]) for s in sorted(set(runs) & set(base))]
+
+
 def report(args) -> str:
     lines = []
-    for task, systems in load(pathlib.Path(args.results), args.tasks).items():
+    study = load(pathlib.Path(args.results), args.tasks)
+    for task, systems in study.items():
         metric_keys = list(next(iter(next(iter(systems.values())).values()))["metrics"])
         base_name = args.against
         base = systems.get(base_name, {})
@@ -241,7 +247,7 @@ def report(args) -> str:
                 if system == base_name or len(paired) < 1:
                     cells.append("")
                     continue
-                d = [100 * (runs[s]["metrics"][k] - base[s]["metrics"][k]) for s in paired]
+                d = paired_diffs(runs, base, k)
                 m, s = mean_std(d)
                 cells.append(f"{m:+.2f} +- {s:.2f} {interval(d)}")
             cells.append("" if system == base_name else str(len(paired)))
@@ -256,7 +262,7 @@ def report(args) -> str:
                                 if s in runs else "" for s in seeds]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    lines += target_table(load(pathlib.Path(args.results), args.tasks))
+    lines += target_table(study)
     return "\n".join(lines)
 
 
@@ -272,13 +278,12 @@ def target_table(study: dict, min_seeds: int = 8) -> list[str]:
             paired = sorted(set(runs) & set(hf))
             if not paired:
                 continue
-            diffs = {k: statistics.mean(100 * (runs[s]["metrics"][k] - hf[s]["metrics"][k]) for s in paired)
-                     for k in ("accuracy", "f1") if k in hf[paired[0]]["metrics"]}
+            diffs = {k: statistics.mean(paired_diffs(runs, hf, k)) for k in ("accuracy", "f1")
+                     if k in hf[paired[0]]["metrics"]}
             ok = all(d >= -0.5 for d in diffs.values())
             verdict = ("meets" if ok else "misses") + ("" if len(paired) >= min_seeds else " so far (too few seeds)")
-            lines.append(f"| {system} | {task} | {len(paired)} | {diffs['accuracy']:+.2f} | "
-                         f"{diffs['f1']:+.2f} | {verdict} |" if "f1" in diffs else
-                         f"| {system} | {task} | {len(paired)} | {diffs['accuracy']:+.2f} | | {verdict} |")
+            f1 = f"{diffs['f1']:+.2f}" if "f1" in diffs else ""
+            lines.append(f"| {system} | {task} | {len(paired)} | {diffs['accuracy']:+.2f} | {f1} | {verdict} |")
     return lines + [""]
 
 

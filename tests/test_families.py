@@ -150,7 +150,7 @@ def test_weight_decay_falls_where_the_trainers_does(family_case):
     every weight but biases and norms (embeddings and relative-position tables decayed)."""
     case, model, folder, config, params = family_case
     flags = jax.tree.map(lambda p, decayed: np.full(p.shape, float(decayed), np.float32), params, decay_mask(params))
-    ours = {k: v for k, v in params_to_state_dict(flags, config).items()}
+    ours = params_to_state_dict(flags, config)
     theirs = set(transformers.Trainer.get_decay_parameter_names(None, model))
     names = [name for name, _ in model.named_parameters()]
     assert set(names) <= set(ours) and any(n in theirs for n in names) and any(n not in theirs for n in names)

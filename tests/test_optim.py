@@ -8,9 +8,9 @@ import functools
 import warnings
 
 import jax
-import optax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 import transformers
