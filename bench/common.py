@@ -73,3 +73,30 @@ def final_eval_metrics(output_dir) -> dict:
     lines = (pathlib.Path(output_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     final = [e for e in map(json.loads, filter(str.strip, lines)) if "eval_loss" in e][-1]
     return {k[len("eval_"):]: v for k, v in final.items() if k.startswith("eval_") and k != "eval_loss"}
+
+
+def cpu_counters() -> dict | None:
+    """CPU seconds so far: the machine's busy time, the time the hypervisor gave to other guests (steal), and this
+    process's finished children's; None without /proc/stat. Two readings around a child run: see machine_load."""
+    import resource
+
+    stat = pathlib.Path("/proc/stat")
+    if not stat.exists():
+        return None
+    ticks = [int(x) for x in stat.read_text().split("\n", 1)[0].split()[1:]] + [0] * 8
+    hz = os.sysconf("SC_CLK_TCK")
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"busy": sum(ticks[i] for i in (0, 1, 2, 5, 6)) / hz,  # user nice system irq softirq
+            "steal": ticks[7] / hz, "children": children.ru_utime + children.ru_stime}
+
+
+def machine_load(before, after, wall_seconds: float) -> dict | None:
+    """Shares of the machine's CPU capacity during a child run: `others` used by processes other than the child
+    (0.0 = quiet; 0.5 on 2 cores = another process kept a core busy), `steal` taken by the hypervisor for other
+    guests. A speed is a result only where both are near 0."""
+    if before is None or after is None or wall_seconds <= 0:
+        return None
+    capacity = wall_seconds * os.cpu_count()
+    others = (after["busy"] - before["busy"]) - (after["children"] - before["children"])
+    return {"others": round(max(0.0, others) / capacity, 4),
+            "steal": round((after["steal"] - before["steal"]) / capacity, 4)}
