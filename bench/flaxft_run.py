@@ -29,7 +29,8 @@ from common import final_eval_metrics, run_on_allocator, run_parser  # noqa: E40
 def parse_args(argv=None):
     p = run_parser(__doc__.splitlines()[0])
     p.add_argument("--fixed-length", type=int, help="pad every batch to this length (one bucket)")
-    p.add_argument("--packing", action="store_true", help="train on packed rows (data.packing=true)")
+    p.add_argument("--packing", action="store_true",
+                   help="train on packed rows (data.packing=true); without it, length buckets (data.packing=false)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--output-dir", help="flaxft output_dir (default: next to --out)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
@@ -47,8 +48,7 @@ def overrides(args, glue_folder: str, output_dir: str) -> list[str]:
         o.append(f"data.max_eval_samples={args.max_eval_samples}")
     if args.fixed_length:
         o.append(f"data.bucket_boundaries=[{args.fixed_length}]")
-    if args.packing:
-        o.append("data.packing=true")
+    o.append(f"data.packing={str(args.packing).lower()}")  # explicit: results keep their meaning across defaults
     return o + args.set
 
 

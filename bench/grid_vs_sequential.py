@@ -38,6 +38,7 @@ def run(name: str, overrides: list[str], args, results: dict) -> dict:
            f"model.name_or_path={args.model}", f"data.path={pathlib.Path(args.glue) / task_folder}",
            f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}", f"output_dir={out}",
            f"train.compilation_cache={pathlib.Path(args.workdir) / 'xla-cache'}", "checkpoint.export=best",
+           "data.packing=false",  # length buckets, as the runs of record (issue #15) and the seed study's `buckets`
            *args.set, *overrides]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

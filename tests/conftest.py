@@ -178,7 +178,10 @@ def toy_data(tmp_path_factory) -> pathlib.Path:
 
 
 def toy_args(tiny_model, toy_data, out, *extra):
-    return ["--config", str(ROOT / "configs/custom.yaml"), f"model.name_or_path={tiny_model}",
+    """A toy run on length-bucketed batches (data.packing=false): the tests built on it exercise the bucket path and
+    the features on top of it; the packed default has its own runs (tests/test_packing.py, tests/test_family_runs.py,
+    tests/test_train.py's real MRPC run)."""
+    return ["--config", str(ROOT / "configs/custom.yaml"), f"model.name_or_path={tiny_model}", "data.packing=false",
             f"data.train_file={toy_data / 'train.csv'}", f"data.validation_file={toy_data / 'dev.csv'}",
             "data.text_columns=[text]", "train.batch_size=16", "train.learning_rate=1e-3", "train.epochs=6",
             "train.warmup_ratio=0.0", "train.log_every_steps=4", f"data.cache_dir={out.parent / 'cache'}",

@@ -18,12 +18,14 @@ def test_every_glue_config_loads(task):
     cfg = load_config(ROOT / "configs" / "glue" / f"{task}.yaml")
     assert cfg.data.task == task
     assert cfg.train.batch_size == 32 and cfg.data.max_seq_length == 128  # from the shared base
+    assert cfg.data.packing  # the training default since issue #16's seed study (README, "Length buckets")
     assert cfg.output_dir == f"outputs/{task}"
 
 
 def test_custom_config_loads():
     cfg = load_config(ROOT / "configs" / "custom.yaml", ["data.train_file=t.csv"])
     assert cfg.data.task is None and cfg.data.text_columns == ["text"]
+    assert cfg.data.packing
 
 
 def test_overrides_are_typed():
@@ -67,20 +69,20 @@ def test_bad_overrides(override, words):
 
 @pytest.mark.parametrize("overrides, words", [
     (["data.length_grouping=none", "data.packing=true"], ["data.length_grouping=none", "data.packing=true"]),
-    (["data.length_grouping=megabatch", "train.seeds=[1,2]"], ["grid", "data.packing=true"]),
-    (["data.length_grouping=none", "train.learning_rate=[1e-5,2e-5]"], ["grid"]),
+    (["data.length_grouping=megabatch", "train.seeds=[1,2]", "data.packing=false"], ["grid", "data.packing=true"]),
+    (["data.length_grouping=none", "train.learning_rate=[1e-5,2e-5]", "data.packing=false"], ["grid"]),
     (["data.length_grouping=sorted"], ["'sorted'", "bucket, megabatch, none"]),
     (["data.stratify_labels=true", "data.packing=true"], ["data.stratify_labels=true", "data.packing=true"]),
-    (["data.stratify_labels=true", "data.length_grouping=megabatch"], ["megabatch", "sorts each mega-batch"]),
+    (["data.stratify_labels=true", "data.length_grouping=megabatch", "data.packing=false"], ["megabatch", "sorts each mega-batch"]),
     (["data.carry_leftovers=true", "data.packing=true"], ["data.carry_leftovers=true", "data.packing=false"]),
-    (["data.carry_leftovers=true", "data.length_grouping=none"], ["data.length_grouping=bucket"]),
+    (["data.carry_leftovers=true", "data.length_grouping=none", "data.packing=false"], ["data.length_grouping=bucket"]),
 ])
 def test_trainer_style_batches_exclude_packing_and_grids(overrides, words):
     with pytest.raises(FlaxftError) as e:
         load_config(ROOT / "configs/glue/mrpc.yaml", overrides)
     assert all(w in str(e.value) for w in words) and "\n" not in str(e.value)
     for grouping in ("none", "megabatch"):
-        cfg = load_config(ROOT / "configs/glue/mrpc.yaml", [f"data.length_grouping={grouping}"])
+        cfg = load_config(ROOT / "configs/glue/mrpc.yaml", [f"data.length_grouping={grouping}", "data.packing=false"])
         assert cfg.data.length_grouping == grouping
 
 

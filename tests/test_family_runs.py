@@ -128,7 +128,7 @@ def pairs(tmp_path_factory):
 
 
 def run_args(model: pathlib.Path, pairs: pathlib.Path, out: pathlib.Path, *extra) -> list[str]:
-    return ["--config", str(ROOT / "configs/custom.yaml"), f"model.name_or_path={model}",
+    return ["--config", str(ROOT / "configs/custom.yaml"), f"model.name_or_path={model}", "data.packing=false",
             f"data.train_file={pairs / 'train.csv'}", f"data.validation_file={pairs / 'dev.csv'}",
             # one bucket: one train and one eval compilation per run (the families' code is what is under test)
             "data.text_columns=[premise,hypothesis]", "data.max_seq_length=64", "data.bucket_boundaries=[64]",

@@ -73,7 +73,7 @@ def test_multi_label_run_learns_predicts_and_exports(minilm_dir, glue_dir, tmp_p
     out = tmp_path / "run"
     args = ["--config", str(ROOT / "configs/custom.yaml"), f"model.name_or_path={minilm_dir}",
             f"data.train_file={tmp_path / 'train.jsonl'}", f"data.validation_file={tmp_path / 'dev.csv'}",
-            "data.text_columns=[sentence]", "data.label_column=labels", "data.max_seq_length=32",
+            "data.text_columns=[sentence]", "data.label_column=labels", "data.max_seq_length=32", "data.packing=false",
             "data.bucket_boundaries=[32]", "train.batch_size=32", "train.epochs=2", "train.learning_rate=1e-4",
             f"data.cache_dir={tmp_path / 'cache'}", f"output_dir={out}"]
     cli("flaxft.train", *args)
