@@ -73,7 +73,8 @@ def test_bad_overrides(override, words):
     (["data.length_grouping=none", "train.learning_rate=[1e-5,2e-5]", "data.packing=false"], ["grid"]),
     (["data.length_grouping=sorted"], ["'sorted'", "bucket, megabatch, none"]),
     (["data.stratify_labels=true", "data.packing=true"], ["data.stratify_labels=true", "data.packing=true"]),
-    (["data.stratify_labels=true", "data.length_grouping=megabatch", "data.packing=false"], ["megabatch", "sorts each mega-batch"]),
+    (["data.stratify_labels=true", "data.length_grouping=megabatch", "data.packing=false"],
+     ["megabatch", "sorts each mega-batch"]),
     (["data.carry_leftovers=true", "data.packing=true"], ["data.carry_leftovers=true", "data.packing=false"]),
     (["data.carry_leftovers=true", "data.length_grouping=none", "data.packing=false"], ["data.length_grouping=bucket"]),
 ])

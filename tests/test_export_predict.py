@@ -85,7 +85,8 @@ def test_predict_glue_test_split_writes_submission(tiny_model, glue_dir, tmp_pat
     out = tmp_path / "mrpc"
     args = ["--config", str(ROOT / "configs/glue/mrpc.yaml"), f"model.name_or_path={tiny_model}",
             f"data.path={glue_dir / 'MRPC'}", "train.max_steps=2", "train.batch_size=16", "data.max_eval_samples=32",
-            "data.packing=false", "data.bucket_boundaries=[64,128]", f"output_dir={out}", f"data.cache_dir={tmp_path / 'c'}"]
+            "data.packing=false", "data.bucket_boundaries=[64,128]", f"output_dir={out}",
+            f"data.cache_dir={tmp_path / 'c'}"]
     assert run_main(train_main, args) == 0
     assert run_main(predict_main, ["--model", str(out), "data.max_eval_samples=null"]) == 0  # default: the test split
     rows = read_tsv(out / "predictions" / "glue" / "MRPC.tsv")

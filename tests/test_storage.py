@@ -57,7 +57,8 @@ def run_config(tiny_model, data, out, tmp_path, *extra):
 
     return load_config(ROOT / "configs/custom.yaml", [
         f"model.name_or_path={tiny_model}", f"data.train_file={data}/train.csv",
-        f"data.validation_file={data}/dev.csv", "data.text_columns=[text]", "data.packing=false", "data.bucket_boundaries=[48]",
+        f"data.validation_file={data}/dev.csv", "data.text_columns=[text]", "data.packing=false",
+        "data.bucket_boundaries=[48]",
         "train.batch_size=16", "train.learning_rate=1e-3", "train.warmup_ratio=0.0", "train.log_every_steps=1",
         "train.eval_every_steps=4", "checkpoint.every_steps=4", "checkpoint.keep=5",
         f"data.cache_dir={tmp_path / 'cache'}", f"output_dir={out}", *extra])

@@ -82,7 +82,8 @@ def test_regression_task(tiny_model, tmp_path):
     out = tmp_path / "reg"
     args = ["--config", str(ROOT / "configs/custom.yaml"), f"model.name_or_path={tiny_model}",
             f"data.train_file={tmp_path / 'train.tsv'}", f"data.validation_file={tmp_path / 'dev.tsv'}",
-            "data.text_columns=[sentence1,sentence2]", "data.label_column=score", "train.batch_size=16", "data.packing=false",
+            "data.text_columns=[sentence1,sentence2]", "data.label_column=score", "train.batch_size=16",
+            "data.packing=false",
             # 16 epochs: 8 were enough for some random tiny models and not others (pearson -0.4 / 0.9)
             "train.learning_rate=1e-3", "train.epochs=16", f"output_dir={out}", f"data.cache_dir={tmp_path / 'c'}"]
     assert run_main(train_main, args) == 0
