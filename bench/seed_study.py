@@ -18,8 +18,8 @@ make the speed columns: the mean train samples/s per system, and the closing tab
 seed-paired so that both runs come from the same sitting.
 
 `import EARLIER.json` files the runs of a bench/compare.py result (same recipe) into the study, marked with
-where they came from; `import-grid GRID.json --commit C` files bench/grid_vs_sequential.py's single runs (the
-default batching, same recipe) as `buckets` runs.
+where they came from; `import-grid GRID.json --commit C` files bench/grid_vs_sequential.py's single runs (length
+buckets, hash bits, same recipe) as `buckets` runs.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def parse_args(argv=None):
     q.add_argument("--tasks", nargs="+")
     q.add_argument("--markdown", action="store_true")
     q.add_argument("--against", default="hf", metavar="SYSTEM",
-                   help="pair every system's seeds with this one's (buckets: the A/Bs against today's default)")
+                   help="pair every system's seeds with this one's (buckets: the A/Bs against plain one-bucket batches)")
     i = sub.add_parser("import", help="file a bench/compare.py result's runs into the study")
     i.add_argument("compare_json")
     i.add_argument("--results", default=str(RESULTS))
@@ -168,8 +168,8 @@ def import_compare(args) -> None:
 
 
 def import_grid(args) -> None:
-    """The single runs of a grid-vs-sequential benchmark are default runs (one bucket per batch, hash bits): the
-    study's `buckets` system, if the recipe is the study's. Each one's final evaluation is read from its
+    """The single runs of a grid-vs-sequential benchmark are length-bucket runs (one bucket per batch, hash bits):
+    the study's `buckets` system, if the recipe is the study's. Each one's final evaluation is read from its
     metrics.jsonl, as bench/flaxft_run.py reads it; a seed already in the study is compared, not replaced."""
     bench = json.loads(pathlib.Path(args.grid_json).read_text())
     a = bench["args"]

@@ -61,7 +61,7 @@ class DataConfig:
     num_buckets: int = _field(4, "Number of sequence-length buckets, chosen from the training lengths.")
     bucket_boundaries: Optional[list[int]] = _field(None, "Explicit bucket lengths (overrides num_buckets), e.g. [32,64,128].")
     pad_to_multiple_of: int = _field(8, "Bucket lengths are multiples of this.")
-    length_grouping: str = _field("bucket", "Bucketed training batches: bucket (each batch from one length bucket: least "
+    length_grouping: str = _field("bucket", "Bucketed training batches (data.packing=false): bucket (each batch from one length bucket: least "
                                             "padding), megabatch (the HF Trainer's group_by_length=True: random mega-batches of "
                                             "up to 50 batches, sorted by length and cut into batches) or none (the HF Trainer's "
                                             "default random batches); megabatch and none pad each batch to the smallest bucket "
