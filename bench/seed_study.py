@@ -14,8 +14,8 @@ t-interval of the mean).
 
 Each run also records `machine_load` (bench/common.py): the shares of the machine's CPU that other processes and
 the hypervisor (steal) took while it ran. Only runs where both stayed under 5 % count as quiet, and only quiet runs
-make the speed columns: the mean train samples/s per system, and the closing table's speed against the Trainer,
-seed-paired so that both runs come from the same sitting.
+make the speed columns: the mean train samples/s per system and CPU, and the closing table's speed against the
+Trainer, seed-paired on the same CPU so that both runs come from the same sitting.
 
 `import EARLIER.json` files the runs of a bench/compare.py result (same recipe) into the study, marked with
 where they came from; `import-grid GRID.json --commit C` files bench/grid_vs_sequential.py's single runs (length
@@ -230,10 +230,28 @@ def is_quiet(run: dict, threshold: float = 0.05) -> bool:
     return bool(load) and load["others"] < threshold and load["steal"] < threshold
 
 
+# AMD family 25 models seen on the study's machines (XLA compiles for the host's features: speeds differ by CPU)
+CPU_NAMES = {"AMD EPYC family 25 model 1": "Zen 3", "AMD EPYC family 25 model 17": "Zen 4"}
+
+
+def cpu_name(run: dict) -> str:
+    return CPU_NAMES.get(run.get("cpu", "?"), run.get("cpu", "unknown CPU"))
+
+
+def quiet_speeds(runs: dict) -> str:
+    """Mean train samples/s of the quiet runs, per CPU: speeds of different machines are never averaged together."""
+    by_cpu: dict[str, list[float]] = {}
+    for r in runs.values():
+        if is_quiet(r):
+            by_cpu.setdefault(cpu_name(r), []).append(r["train_samples_per_second"])
+    return "; ".join(f"{statistics.mean(v):.1f} ({len(v)}, {name})" for name, v in sorted(by_cpu.items()))
+
+
 def speed_ratio(runs: dict, base: dict) -> tuple[float, int] | None:
-    """Mean of train samples/s ratios over the seeds where both runs were quiet (seed by seed, so both ran in the
-    same sitting, on the same machine), and how many there were."""
-    seeds = [s for s in sorted(set(runs) & set(base)) if is_quiet(runs[s]) and is_quiet(base[s])]
+    """Mean of train samples/s ratios over the seeds where both runs were quiet and ran on the same CPU (seed by
+    seed, so both ran in the same sitting in the study's order), and how many there were."""
+    seeds = [s for s in sorted(set(runs) & set(base))
+             if is_quiet(runs[s]) and is_quiet(base[s]) and runs[s].get("cpu") == base[s].get("cpu")]
     if not seeds:
         return None
     return statistics.mean(runs[s]["train_samples_per_second"] / base[s]["train_samples_per_second"]
@@ -255,7 +273,7 @@ def report(args) -> str:
         shown = "HF" if base_name == "hf" else base_name
         lines += [f"### {task.upper()}", "",
                   "| system | seeds | " + " | ".join(f"dev {k} mean +- std" for k in metric_keys)
-                  + " | train samples/s, quiet runs (n) | "
+                  + " | train samples/s, quiet runs (n, CPU) | "
                   + " | ".join(f"{k} - {shown}, paired: mean +- std [95 % CI]" for k in metric_keys)
                   + " | paired seeds |",
                   "|---|---|" + "---:|" * (2 * len(metric_keys) + 2)]
@@ -265,8 +283,7 @@ def report(args) -> str:
             for k in metric_keys:
                 m, s = mean_std([100 * r["metrics"][k] for r in runs.values()])
                 cells.append(f"{m:.2f} +- {s:.2f}")
-            quiet = [r["train_samples_per_second"] for r in runs.values() if is_quiet(r)]
-            cells.append(f"{statistics.mean(quiet):.1f} ({len(quiet)})" if quiet else "")
+            cells.append(quiet_speeds(runs))
             paired = sorted(set(runs) & set(base))
             for k in metric_keys:
                 if system == base_name or len(paired) < 1:
