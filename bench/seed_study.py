@@ -235,7 +235,8 @@ CPU_NAMES = {"AMD EPYC family 25 model 1": "Zen 3", "AMD EPYC family 25 model 17
 
 
 def cpu_name(run: dict) -> str:
-    return CPU_NAMES.get(run.get("cpu", "?"), run.get("cpu", "unknown CPU"))
+    cpu = run.get("cpu", "unknown CPU")
+    return CPU_NAMES.get(cpu, cpu)
 
 
 def quiet_speeds(runs: dict) -> str:
